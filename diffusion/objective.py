@@ -1,0 +1,64 @@
+"""DiffuSeq's training objective, for both noising modes.
+
+`target` (DiffuSeq's partial noising): only the target part of the sequence is noised; source
+positions of z_t stay the clean z_0 and act as the condition. `full` (dual noising): source and
+target are both noised. In both, the loss covers every position:
+
+    loss = mse(z_0, f(z_t, t))  (at t = 0 against the embedding itself)
+         + decoder_nll          (cross-entropy of lm_head(z_0): keeps embeddings decodable)
+         + tT_loss              (|sqrt(abar_T) z_0|^2: the prior at T is N(0, I))
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .model import Denoiser
+from .schedule import Schedule
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension but the batch: (B, ...) -> (B,)."""
+    return x.float().mean(dim=tuple(range(1, x.ndim)))
+
+
+def keep_source(z_t: torch.Tensor, z_source: torch.Tensor, input_mask: torch.Tensor) -> torch.Tensor:
+    """z_t with the source positions (mask 0) replaced by z_source."""
+    return torch.where(input_mask[..., None] == 0, z_source, z_t)
+
+
+class DiffusionObjective(nn.Module):
+    """The module DeepSpeed trains: denoiser + loss. forward() returns the per-sequence loss terms."""
+
+    def __init__(self, denoiser: Denoiser, schedule: Schedule, noising: str, rescale_timesteps: bool = True):
+        super().__init__()
+        if noising not in ("target", "full"):
+            raise ValueError(f"unknown noising mode {noising!r}; choose target or full")
+        self.denoiser = denoiser
+        self.schedule = schedule
+        self.noising = noising
+        self.rescale_timesteps = rescale_timesteps
+
+    def noised(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor):
+        """(embedding, z_0, z_t) of a batch, each (B, L, D), under this noising mode."""
+        s = self.schedule
+        emb = self.denoiser.embed(input_ids)
+        zeros = torch.zeros_like(t)
+        z_0 = emb + s.gather("sqrt_one_minus_alphas_cumprod", zeros, emb.ndim) * torch.randn_like(emb)
+        z_t = s.q_sample(z_0, t, torch.randn_like(z_0))
+        if self.noising == "target":
+            z_t = keep_source(z_t, z_0, input_mask)
+        return emb, z_0, z_t
+
+    def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self.schedule
+        emb, z_0, z_t = self.noised(input_ids, input_mask, t)
+        predicted_z_0 = self.denoiser(z_t, s.model_timesteps(t, self.rescale_timesteps))
+        mse = torch.where(t == 0, mean_flat((emb - predicted_z_0) ** 2), mean_flat((z_0 - predicted_z_0) ** 2))
+        last = torch.full_like(t, s.num_steps - 1)
+        t_T = mean_flat((s.gather("sqrt_alphas_cumprod", last, z_0.ndim) * z_0) ** 2)
+        logits = self.denoiser.logits(z_0)  # (B, L, V)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), input_ids, reduction="none").mean(dim=-1)
+        return {"loss": mse + nll + t_T, "mse": mse, "nll": nll, "tT": t_T}

@@ -1,0 +1,57 @@
+"""Preprocessing: train the BPE vocabulary on the train split and encode every split.
+
+    DATA_DIR/tokenizer.json
+    DATA_DIR/{train,valid,test}.pt      (input_ids, input_mask), each (N, seq_len) int64
+    DATA_DIR/{train,valid,test}.jsonl   the pairs as read (sampling and evaluation use the text)
+    DATA_DIR/prepared.json              written last: counts and sources
+
+`prepare` is idempotent: a folder with prepared.json is left as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import atomic
+from .config import DataConfig, to_dict
+from .data import encode_pairs, load_hub_qqp, load_pairs, save_encoded, save_tokenizer, train_tokenizer
+
+SPLITS = ("train", "valid", "test")
+
+
+def read_splits(cfg: DataConfig) -> dict[str, list[dict]]:
+    """The pairs of each split named in the config (local jsonl paths win over the hub)."""
+    splits: dict[str, list[dict]] = {}
+    if cfg.hub_dataset and not cfg.train:
+        splits = load_hub_qqp(cfg.hub_dataset)
+    for name in SPLITS:
+        path = getattr(cfg, name)
+        if path:
+            splits[name] = load_pairs(path)
+    if "train" not in splits:
+        raise ValueError("data: neither data.train nor data.hub_dataset is set; there is nothing to train on")
+    if cfg.max_train_pairs is not None:
+        splits["train"] = splits["train"][: cfg.max_train_pairs]
+    return splits
+
+
+def prepare(cfg: DataConfig, data_dir: str | Path) -> dict:
+    """Build DATA_DIR (see module doc); returns the contents of prepared.json."""
+    data_dir = Path(data_dir)
+    done = data_dir / "prepared.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    splits = read_splits(cfg)
+    texts = [text for pair in splits["train"] for text in (pair["src"], pair["trg"])]
+    tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.lowercase)
+    save_tokenizer(tokenizer, data_dir / "tokenizer.json")
+    counts = {}
+    for name, pairs in splits.items():
+        input_ids, input_mask = encode_pairs(tokenizer, pairs, cfg.seq_len)
+        save_encoded(data_dir / f"{name}.pt", input_ids, input_mask)
+        atomic.write_jsonl(data_dir / f"{name}.jsonl", pairs)
+        counts[name] = len(pairs)
+    info = {"counts": counts, "vocab_size": tokenizer.get_vocab_size(), "data": to_dict(cfg)}
+    atomic.write_json(done, info)
+    return info

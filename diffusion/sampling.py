@@ -1,0 +1,86 @@
+"""Reverse diffusion: DDPM with DiffuSeq's per-step rounding, for both noising modes.
+
+At each step t (from T-1 down to 0) the denoiser predicts z_0; from t >= clamp_step on, that
+prediction is replaced by its nearest word embedding (L2, DiffuSeq's "clamping"); then
+z_{t-1} ~ N(posterior_mean(z_0, z_t), fixed variance). Source positions are handled by mode:
+
+- target (DiffuSeq): the source stays the clean embedding at every step;
+- full, conditional: before each step the source is the clean embedding forward-diffused to
+  that step's noise level (fresh noise), while the target is denoised;
+- full, joint: source and target are denoised together from pure noise.
+
+The target is read out at the mask-1 positions as argmax of lm_head.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .model import Denoiser
+from .objective import keep_source
+from .schedule import Schedule
+
+
+def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, chunk_elements: int = 1 << 26) -> torch.Tensor:
+    """Token ids (...,) of the word embeddings nearest (L2) to z (..., D).
+
+    argmin_v |z - e_v|^2 = argmax_v (2 z.e_v - |e_v|^2); rows are processed in chunks so the
+    (rows, V) score matrix never exceeds `chunk_elements`.
+    """
+    flat = z.reshape(-1, z.shape[-1]).to(embedding.dtype)
+    sq_norms = embedding.pow(2).sum(-1)  # (V,)
+    rows = max(1, chunk_elements // embedding.shape[0])
+    ids = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
+    for start in range(0, flat.shape[0], rows):
+        scores = torch.addmm(sq_norms, flat[start : start + rows], embedding.t(), beta=-1, alpha=2)
+        ids[start : start + rows] = scores.argmax(-1)
+    return ids.view(z.shape[:-1])
+
+
+@torch.no_grad()
+def sample_tokens(
+    denoiser: Denoiser,
+    schedule: Schedule,
+    input_ids: torch.Tensor,
+    input_mask: torch.Tensor,
+    noising: str = "target",
+    full_mode: str = "conditional",
+    clamp_step: int = 0,
+    generator: torch.Generator | None = None,
+    rescale_timesteps: bool = True,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """(B, L) token ids sampled for a batch of encoded sequences; the target part is the output.
+
+    `on_step(t, z_t)` is called with the state the denoiser sees at every step (for inspection).
+    """
+    if noising not in ("target", "full") or full_mode not in ("conditional", "joint"):
+        raise ValueError(f"unknown sampling mode noising={noising!r} full_mode={full_mode!r}")
+    emb = denoiser.embed(input_ids)  # (B, L, D), the clean embedding
+    embedding = denoiser.word_embedding.weight
+
+    def randn_like(x):
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    z = randn_like(emb)
+    if noising == "target":
+        z = keep_source(z, emb, input_mask)
+    for step in reversed(range(schedule.num_steps)):
+        t = torch.full((emb.shape[0],), step, device=emb.device, dtype=torch.long)
+        if noising == "full" and full_mode == "conditional":
+            z = keep_source(z, schedule.q_sample(emb, t, randn_like(emb)), input_mask)
+        if on_step is not None:
+            on_step(step, z)
+        predicted_z_0 = denoiser(z, schedule.model_timesteps(t, rescale_timesteps)).float()
+        if int(schedule.timestep_map[step]) >= clamp_step:
+            predicted_z_0 = denoiser.embed(nearest_embedding(predicted_z_0, embedding)).float()
+        mean = schedule.posterior_mean(predicted_z_0, z, t)
+        if step > 0:
+            z = mean + schedule.gather("reverse_variance", t, z.ndim).sqrt() * randn_like(z)
+        else:
+            z = mean
+        if noising == "target":
+            z = keep_source(z, emb, input_mask)
+    return denoiser.logits(z).argmax(-1)

@@ -1,0 +1,239 @@
+"""Training on DeepSpeed, readable top to bottom.
+
+    python -m diffusion.train CONFIG OUTDIR [--data-dir DIR] [--stop-after STEP]
+    torchrun --nproc_per_node N -m diffusion.train CONFIG OUTDIR
+
+OUTDIR gets `checkpoints/step_NNNNNNN/` every `save_every` steps (see checkpoint.py),
+`train_log.jsonl` and `heartbeat.json`. Re-running the same command resumes from the last
+complete checkpoint; a finished run does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from . import atomic, checkpoint, distributed
+from .batches import BatchStream
+from .config import Config, ConfigError, load_config, to_dict
+from .data import load_encoded, load_tokenizer
+from .ema import EMA
+from .model import Denoiser, count_parameters
+from .objective import DiffusionObjective
+from .prepare import prepare
+from .schedule import Schedule
+from .timesteps import make_sampler
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> dict:
+    t = cfg.train
+    if t.batch_size % t.micro_batch_size:
+        raise ConfigError("train.batch_size", f"{t.batch_size} is not a multiple of micro_batch_size {t.micro_batch_size}")
+    accumulation = t.batch_size // t.micro_batch_size
+    return {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": t.micro_batch_size * accumulation * world_size,
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": {"stage": t.zero_stage, "overlap_comm": t.zero_stage > 0, "contiguous_gradients": True},
+        # fp32 master weights in the engine; bf16 comes from autocast around the forward pass
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 62,
+        "wall_clock_breakdown": False,
+    }
+
+
+def uses_bf16(cfg: Config, device: torch.device) -> bool:
+    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+
+
+def learning_rate_factor(cfg: Config):
+    steps = cfg.train.steps
+    if cfg.train.lr_schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: max(0.0, 1.0 - step / steps)  # DiffuSeq: linear decay to 0, no warm-up
+
+
+def load_data(cfg: Config, outdir: Path, data_dir: Path | None, env) -> tuple[Path, Config]:
+    """The prepared data folder and the config with the model's vocabulary size filled in."""
+    data_dir = Path(data_dir) if data_dir else outdir / "data"
+    if env.is_main:
+        prepare(cfg.data, data_dir)
+    distributed.barrier()
+    vocab_size = load_tokenizer(data_dir / "tokenizer.json").get_vocab_size()
+    if cfg.model.vocab_size not in (0, vocab_size):
+        raise ConfigError("model.vocab_size", f"{cfg.model.vocab_size} differs from the tokenizer's {vocab_size}")
+    return data_dir, replace(cfg, model=replace(cfg.model, vocab_size=vocab_size))
+
+
+def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, stop_after: int | None = None,
+          force_cpu: bool = False) -> dict:
+    """Train (or resume) to cfg.train.steps, or until `stop_after` steps or the time limit. Returns a summary."""
+    wall_start = time.monotonic()
+    outdir = Path(outdir)
+    env = distributed.setup(force_cpu)
+    import deepspeed  # after setup: the CPU accelerator must be chosen first
+
+    data_dir, cfg = load_data(cfg, outdir, data_dir, env)
+    tc = cfg.train
+
+    # --- model, objective, optimizer, engine (same init on every rank) ---
+    torch.manual_seed(tc.seed)
+    schedule = Schedule.named(cfg.diffusion.schedule, cfg.diffusion.steps)
+    denoiser = Denoiser(cfg.model)
+    objective = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising, cfg.diffusion.rescale_timesteps)
+    optimizer = torch.optim.AdamW(
+        objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+        fused=tc.fused_optimizer and env.device.type == "cuda",
+    )
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(cfg))
+    engine, _, _, _ = deepspeed.initialize(
+        model=objective, optimizer=optimizer, lr_scheduler=lr_schedule, config=deepspeed_config(cfg, env.world_size)
+    )
+    ema = EMA(engine.module.denoiser, tc.ema_rate)
+    sampler = make_sampler(cfg.diffusion.timestep_sampler, schedule.num_steps, env.device)
+    input_ids, input_mask = load_encoded(data_dir / "train.pt")
+    batches = BatchStream(input_ids, input_mask, tc.micro_batch_size, env.rank, env.world_size, tc.seed, env.device)
+    torch.manual_seed(tc.seed + 1 + env.rank)  # noise, timesteps and dropout differ across ranks
+
+    # --- resume from the last complete checkpoint, if any ---
+    ckpt_root = outdir / "checkpoints"
+    step = resume(engine, ema, sampler, batches, ckpt_root, env)
+    accumulation = tc.batch_size // tc.micro_batch_size
+    last_step = min(tc.steps, stop_after) if stop_after is not None else tc.steps
+    if env.is_main:
+        print(f"[train] {count_parameters(denoiser) / 1e6:.1f} M parameters, {env.world_size} rank(s) on "
+              f"{env.device.type}, ZeRO-{tc.zero_stage}, {'bf16' if uses_bf16(cfg, env.device) else 'fp32'}, "
+              f"step {step} -> {last_step}", flush=True)
+
+    def save(at_step: int):
+        def main_files(folder: Path):
+            atomic.torch_save({"config": to_dict(cfg), "state_dict": exported, "step": at_step}, folder / "model.pt")
+            shutil.copyfile(data_dir / "tokenizer.json", folder / "tokenizer.json")
+
+        exported = ema.full_state_dict()  # collective under ZeRO-3
+        rank_state = {
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None,
+            "batches": batches.state_dict(),
+            "sampler": sampler.state_dict(),
+            "ema": ema.state_dict() if ema.partitioned else None,
+        }
+        checkpoint.save(engine, ckpt_root, at_step, env.rank, env.world_size, rank_state, main_files,
+                        {"zero_stage": tc.zero_stage})
+
+    # --- the loop ---
+    autocast = (torch.autocast(env.device.type, dtype=torch.bfloat16) if uses_bf16(cfg, env.device) else nullcontext())
+    loss_sum = torch.zeros((), device=env.device)
+    losses_logged, window_start, window_steps, slowest_step = 0, time.monotonic(), 0, 0.0
+    stopped_for_time = False
+    engine.train()
+    while step < last_step:
+        step_start = time.monotonic()
+        for _ in range(accumulation):
+            ids, mask = batches.next()
+            t, weights = sampler.sample(ids.shape[0])
+            with autocast:
+                terms = engine(ids, mask, t)
+            sampler.update(t, terms["loss"])
+            loss = (terms["loss"] * weights).mean()
+            engine.backward(loss)
+            engine.step()
+            loss_sum += terms["loss"].detach().mean()
+        step += 1
+        ema.update()
+        window_steps += 1
+        slowest_step = max(slowest_step, time.monotonic() - step_start)
+
+        if step % tc.log_every == 0 or step == last_step:
+            mean_loss = loss_sum.item() / (window_steps * accumulation)  # the one host sync per log
+            elapsed = time.monotonic() - window_start
+            tokens_per_s = window_steps * tc.batch_size * cfg.data.seq_len * env.world_size / max(elapsed, 1e-9)
+            record = {
+                "step": step, "loss": mean_loss, "lr": lr_schedule.get_last_lr()[0],
+                "tokens_per_s": tokens_per_s, "s_per_step": elapsed / window_steps,
+                "eta_s": (tc.steps - step) * elapsed / window_steps, "time": time.time(), "total_steps": tc.steps,
+            }
+            if env.is_main:
+                with open(outdir / "train_log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                atomic.write_json(outdir / "heartbeat.json", record)
+                print(f"[train] step {step}/{tc.steps} loss {mean_loss:.4f} {tokens_per_s:,.0f} tok/s", flush=True)
+            loss_sum.zero_()
+            window_start, window_steps = time.monotonic(), 0
+
+        if tc.time_limit_s is not None:
+            # stop with a checkpoint while there is surely time for one more step and the save
+            remaining = tc.time_limit_s - (time.monotonic() - wall_start)
+            stopped_for_time = remaining < 3 * slowest_step + 60
+        if step % tc.save_every == 0 or step == last_step or stopped_for_time:
+            save(step)
+        if stopped_for_time:
+            break
+
+    distributed.barrier()
+    return {"step": step, "finished": step >= tc.steps, "stopped_for_time": stopped_for_time,
+            "checkpoints": str(ckpt_root)}
+
+
+def resume(engine, ema: EMA, sampler, batches: BatchStream, ckpt_root: Path, env) -> int:
+    """Restore everything from the latest complete checkpoint; returns its step (0 when none)."""
+    folder = checkpoint.latest(ckpt_root)
+    if folder is None:
+        return 0
+    meta = checkpoint.verify(folder)
+    if meta["world_size"] != env.world_size:
+        raise checkpoint.CheckpointError(
+            f"{folder}: written by {meta['world_size']} rank(s); resume it with the same number (now {env.world_size})"
+        )
+    engine.load_checkpoint(str(folder), tag="ds")
+    state = checkpoint.load_rank_state(folder, env.rank)
+    if state["ema"] is not None:
+        ema.load_state_dict(state["ema"])
+    else:
+        exported = torch.load(folder / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+        names = [name for name, p in ema.module.named_parameters() if p.requires_grad]
+        ema.load_state_dict({"shadow": [exported[name] for name in names]})
+    sampler.load_state_dict(state["sampler"])
+    batches.load_state_dict(state["batches"])
+    torch.set_rng_state(state["cpu_rng"])
+    if state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], env.device)
+    if env.is_main:
+        print(f"[train] resumed from {folder}", flush=True)
+    return meta["step"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m diffusion.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="YAML or JSON config (see diffusion/config.py)")
+    parser.add_argument("outdir", help="output folder: checkpoints, logs, heartbeat")
+    parser.add_argument("--data-dir", help="prepared data folder (default: OUTDIR/data, prepared if missing)")
+    parser.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step")
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is visible")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        summary = train(cfg, args.outdir, args.data_dir, args.stop_after, args.cpu)
+    except (ConfigError, checkpoint.CheckpointError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.teardown()
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

