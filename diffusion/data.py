@@ -94,14 +94,19 @@ def load_hub_qqp(name: str = "AlekseyKorshuk/quora-question-pairs", cache_dir=No
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> Tokenizer:
     """A BPE vocabulary whose decoded text reads like DiffuSeq's decoded BERT text: words and
-    punctuation marks separated by single spaces. Special tokens take ids 0..3."""
-    tok = Tokenizer(models.BPE(unk_token="[UNK]", end_of_word_suffix="</w>"))
+    punctuation marks separated by single spaces. Special tokens take ids 0..3.
+
+    Word starts are marked with a Metaspace "▁" rather than an end-of-word suffix: the trainer
+    numbers suffixed tokens in hash-map order, so with a suffix two runs on the same text give
+    different ids and even different merges (huggingface/tokenizers#1794); this way is deterministic.
+    """
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.BPEDecoder(suffix="</w>")
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, end_of_word_suffix="</w>", show_progress=False
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.BertPreTokenizer(), pre_tokenizers.Metaspace(prepend_scheme="always", split=False)]
     )
+    tok.decoder = decoders.Metaspace(prepend_scheme="always", split=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
 

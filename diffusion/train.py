@@ -11,6 +11,7 @@ complete checkpoint; a finished run does nothing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shutil
@@ -184,7 +185,17 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
 
     distributed.barrier()
     return {"step": step, "finished": step >= tc.steps, "stopped_for_time": stopped_for_time,
-            "checkpoints": str(ckpt_root)}
+            "checkpoints": str(ckpt_root), "rank": env.rank, "parameters_sha256": parameters_digest(engine.module)}
+
+
+def parameters_digest(module: torch.nn.Module) -> str | None:
+    """A digest of this rank's full parameters (None under ZeRO-3, where a rank holds a shard)."""
+    if any(hasattr(p, "ds_tensor") for p in module.parameters()):
+        return None
+    digest = hashlib.sha256()
+    for p in module.parameters():
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def resume(engine, ema: EMA, sampler, batches: BatchStream, ckpt_root: Path, env) -> int:

@@ -165,3 +165,20 @@ def test_encode_decode_round_trip(tmp_path, tok, pairs):
 def test_encode_no_pairs(tok):
     input_ids, input_mask = data.encode_pairs(tok, [], seq_len=16)
     assert input_ids.shape == input_mask.shape == (0, 16)
+
+
+def test_tokenizer_ids_are_the_same_in_every_process(tmp_path):
+    # the trainer numbers its alphabet in hash-map order; a resumed run in a new process must
+    # get the same ids, so train twice in fresh interpreters and compare the files
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys; from diffusion.data import train_tokenizer, save_tokenizer;"
+        f"texts = [t for l in open({str(QQP / 'valid.jsonl')!r}) for t in json.loads(l).values()];"
+        "save_tokenizer(train_tokenizer(texts, 800), sys.argv[1])"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("a.json", "b.json"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True, cwd=repo)
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()

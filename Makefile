@@ -1,0 +1,27 @@
+# The two commands of the README's quick start. Both create the environment when it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+# torch's CPU build, which the package registry here serves from local disk; on a GPU machine
+# install torch yourself first and the venv keeps it.
+TORCH  ?= torch==2.13.0
+
+.PHONY: env test demo clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+env: $(VENV)/.installed
+
+test: env
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+
+demo: env
+	$(VENV)/bin/pipeline submit jobs/demo.yaml --wait
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,88 @@
+"""Training on DeepSpeed (CPU, gloo): learning, exact resume, two ranks, checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from diffusion import checkpoint, metrics
+from diffusion.corpus import write_corpus
+from diffusion.sample import generate
+from diffusion.config import Config, from_dict
+from diffusion.data import load_tokenizer
+from diffusion.model import Denoiser
+from tests.helpers import read_log, run_module, tiny_config, write_config
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n_train=3000, n_valid=80, n_test=10)
+
+
+def sample_scores(cfg, denoiser, tokenizer, pairs):
+    rows = generate(denoiser, cfg, tokenizer, pairs, 101, cfg.sample, torch.device("cpu"))
+    return metrics.score([r["hyp"] for r in rows], [r["ref"] for r in rows], bertscore_model=None)
+
+
+def test_tiny_model_learns_and_its_samples_approach_the_references(tmp_path, corpus):
+    cfg = tiny_config(corpus["train"], steps=300, batch_size=64, micro_batch_size=64, save_every=300,
+                      log_every=50, zero_stage=0, ema_rate=0.95)
+    cfg["model"]["hidden_size"] = 128
+    run_module("diffusion.train", write_config(tmp_path / "c.yaml", cfg), tmp_path / "run")
+    log = read_log(tmp_path / "run")
+    assert log[-1]["step"] == 300
+    assert log[-1]["loss"] < 0.5 * log[0]["loss"], [r["loss"] for r in log]
+
+    folder = tmp_path / "run" / "checkpoints" / "step_0000300"
+    trained_cfg, trained, tokenizer = checkpoint.load_exported(folder)
+    torch.manual_seed(trained_cfg.train.seed)  # the trainer's initialisation: the model at step 0
+    untrained = Denoiser(trained_cfg.model).eval()
+    pairs = [json.loads(line) for line in open(corpus["valid"])]
+    before = sample_scores(trained_cfg, untrained, tokenizer, pairs)
+    after = sample_scores(trained_cfg, trained, tokenizer, pairs)
+    assert after["rouge_l"] > before["rouge_l"] + 0.1, (before, after)
+    assert after["bleu"] > before["bleu"] + 0.02, (before, after)
+
+
+def test_resume_continues_bitwise_like_an_uninterrupted_run(tmp_path, corpus):
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(corpus["train"], steps=12, save_every=3))
+    run_module("diffusion.train", cfg, tmp_path / "straight")
+    run_module("diffusion.train", cfg, tmp_path / "resumed", "--stop-after", 6)
+    assert [r["step"] for r in read_log(tmp_path / "resumed")][-1] == 6
+    # a half-written later checkpoint must be ignored on resume
+    (tmp_path / "resumed" / "checkpoints" / ".step_0000009.partial").mkdir()
+    run_module("diffusion.train", cfg, tmp_path / "resumed")
+    straight = {r["step"]: r["loss"] for r in read_log(tmp_path / "straight")}
+    resumed = {r["step"]: r["loss"] for r in read_log(tmp_path / "resumed")}
+    assert sorted(resumed) == list(range(1, 13))
+    assert resumed == straight  # bitwise: the same floats
+    a = torch.load(tmp_path / "straight/checkpoints/step_0000012/model.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "resumed/checkpoints/step_0000012/model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # re-running a finished run does nothing and changes nothing
+    (summary,) = run_module("diffusion.train", cfg, tmp_path / "resumed")
+    assert summary["step"] == 12 and len(read_log(tmp_path / "resumed")) == 12
+
+
+@pytest.mark.slow
+def test_two_rank_zero2_run_agrees_across_ranks_and_samples_on_one_process(tmp_path, corpus):
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(corpus["train"], steps=8, save_every=4, zero_stage=2))
+    summaries = run_module("diffusion.train", cfg, tmp_path / "run", nproc=2)
+    assert sorted(s["rank"] for s in summaries) == [0, 1]
+    assert summaries[0]["parameters_sha256"] == summaries[1]["parameters_sha256"]
+    folder = tmp_path / "run" / "checkpoints" / "step_0000008"
+    meta = checkpoint.verify(folder)
+    assert meta["world_size"] == 2 and (folder / "rank_00001.pt").is_file()
+    (summary,) = run_module("diffusion.sample", folder, corpus["valid"], tmp_path / "s.jsonl", "--max-examples", 8)
+    rows = [json.loads(line) for line in open(tmp_path / "s.jsonl")]
+    assert summary["pairs"] == 8 and len(rows) == 8 and set(rows[0]) == {"src", "ref", "hyp"}
+
+
+def test_corrupt_checkpoint_is_named(tmp_path, corpus):
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(corpus["train"], steps=3, save_every=3))
+    run_module("diffusion.train", cfg, tmp_path / "run")
+    folder = tmp_path / "run" / "checkpoints" / "step_0000003"
+    with open(folder / "model.pt", "ab") as f:
+        f.write(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="model.pt"):
+        checkpoint.load_exported(folder)
