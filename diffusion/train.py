@@ -166,6 +166,8 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
                 "tokens_per_s": tokens_per_s, "s_per_step": elapsed / window_steps,
                 "eta_s": (tc.steps - step) * elapsed / window_steps, "time": time.time(), "total_steps": tc.steps,
             }
+            if env.device.type == "cuda":  # allocator statistics: no device sync
+                record["max_memory_gib"] = torch.cuda.max_memory_allocated(env.device) / 2**30
             if env.is_main:
                 with open(outdir / "train_log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
