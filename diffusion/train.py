@@ -83,6 +83,7 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
     """Train (or resume) to cfg.train.steps, or until `stop_after` steps or the time limit. Returns a summary."""
     wall_start = time.monotonic()
     outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
     env = distributed.setup(force_cpu)
     import deepspeed  # after setup: the CPU accelerator must be chosen first
 
