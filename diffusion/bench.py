@@ -39,7 +39,8 @@ def bench_train(cfg: Config, env, steps: int, warmup: int, profile: bool = False
 
     torch.manual_seed(0)
     schedule = Schedule.named(cfg.diffusion.schedule, cfg.diffusion.steps)
-    objective = DiffusionObjective(Denoiser(cfg.model), schedule, cfg.diffusion.noising)
+    objective = DiffusionObjective(Denoiser(cfg.model), schedule, cfg.diffusion.noising,
+                                   autocast_dtype=torch.bfloat16 if uses_bf16(cfg, env.device) else None)
     optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=cfg.train.fused_optimizer and env.device.type == "cuda")
     engine, *_ = deepspeed.initialize(model=objective, optimizer=optimizer, config=deepspeed_config(cfg, env.world_size))
     sampler = make_sampler(cfg.diffusion.timestep_sampler, schedule.num_steps, env.device)
@@ -48,13 +49,11 @@ def bench_train(cfg: Config, env, steps: int, warmup: int, profile: bool = False
     ids = torch.randint(4, cfg.model.vocab_size, (tc.micro_batch_size, L), device=env.device)
     mask = torch.zeros_like(ids)
     mask[:, L // 2 :] = 1
-    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16) if uses_bf16(cfg, env.device) else nullcontext()
 
     def step():
         for _ in range(accumulation):
             t, w = sampler.sample(ids.shape[0])
-            with autocast:
-                terms = engine(ids, mask, t)
+            terms = engine(ids, mask, t)
             sampler.update(t, terms["loss"])
             engine.backward((terms["loss"] * w).mean())
             engine.step()

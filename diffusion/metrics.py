@@ -12,13 +12,8 @@ import os
 import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction
 from nltk.translate.bleu_score import sentence_bleu as _nltk_sentence_bleu
-from rouge_score import rouge_scorer
-import sacrebleu
 
 _SMOOTH = SmoothingFunction().method4
-# DiffuSeq used torchmetrics' ROUGEScore(), whose default is use_stemmer=False; rouge_score
-# tokenises the same way (lowercase, non [a-z0-9] -> space), so no stemming here either.
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 # DiffuSeq's evaluator strips these BERT special tokens from every string before scoring.
 _SPECIAL = ("[CLS]", "[SEP]", "[PAD]")
@@ -41,9 +36,19 @@ def bleu(hyps, refs) -> float:
     return float(np.mean([sentence_bleu(h, r) for h, r in zip(hyps, refs, strict=True)]))
 
 
+def _rouge_scorer():
+    # imported here: sampling (MBR) needs only nltk, and GPU images often lack rouge_score
+    from rouge_score import rouge_scorer
+
+    # DiffuSeq used torchmetrics' ROUGEScore(), whose default is use_stemmer=False; rouge_score
+    # tokenises the same way (lowercase, non [a-z0-9] -> space), so no stemming here either.
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
 def rouge_l(hyps, refs) -> float:
     # rouge_score's signature is score(target, prediction).
-    return float(np.mean([_ROUGE.score(r, h)["rougeL"].fmeasure
+    scorer = _rouge_scorer()
+    return float(np.mean([scorer.score(r, h)["rougeL"].fmeasure
                           for h, r in zip(hyps, refs, strict=True)]))
 
 
@@ -64,6 +69,8 @@ def mean_len(hyps) -> float:
 
 def corpus_sacrebleu(hyps, refs) -> float:
     # Standard corpus BLEU (0-100), for comparison with non-DiffuSeq papers.
+    import sacrebleu
+
     return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)]).score)
 
 

@@ -32,7 +32,8 @@ def keep_source(z_t: torch.Tensor, z_source: torch.Tensor, input_mask: torch.Ten
 class DiffusionObjective(nn.Module):
     """The module DeepSpeed trains: denoiser + loss. forward() returns the per-sequence loss terms."""
 
-    def __init__(self, denoiser: Denoiser, schedule: Schedule, noising: str, rescale_timesteps: bool = True):
+    def __init__(self, denoiser: Denoiser, schedule: Schedule, noising: str, rescale_timesteps: bool = True,
+                 autocast_dtype: torch.dtype | None = None):
         super().__init__()
         if noising not in ("target", "full"):
             raise ValueError(f"unknown noising mode {noising!r}; choose target or full")
@@ -40,6 +41,9 @@ class DiffusionObjective(nn.Module):
         self.schedule = schedule
         self.noising = noising
         self.rescale_timesteps = rescale_timesteps
+        # autocast is entered here, inside the module: DeepSpeed's engine.forward turns off an
+        # autocast entered around it unless its own torch_autocast option is set
+        self.autocast_dtype = autocast_dtype
 
     def noised(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor):
         """(embedding, z_0, z_t) of a batch, each (B, L, D), under this noising mode."""
@@ -53,6 +57,11 @@ class DiffusionObjective(nn.Module):
         return emb, z_0, z_t
 
     def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        enabled = self.autocast_dtype is not None
+        with torch.autocast(input_ids.device.type, dtype=self.autocast_dtype, enabled=enabled):
+            return self.loss_terms(input_ids, input_mask, t)
+
+    def loss_terms(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         s = self.schedule
         emb, z_0, z_t = self.noised(input_ids, input_mask, t)
         predicted_z_0 = self.denoiser(z_t, s.model_timesteps(t, self.rescale_timesteps))

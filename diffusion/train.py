@@ -17,7 +17,6 @@ import math
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,7 +45,7 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
         "train_batch_size": t.micro_batch_size * accumulation * world_size,
         "gradient_clipping": t.grad_clip,
         "zero_optimization": {"stage": t.zero_stage, "overlap_comm": t.zero_stage > 0, "contiguous_gradients": True},
-        # fp32 master weights in the engine; bf16 comes from autocast around the forward pass
+        # fp32 master weights in the engine; bf16 comes from autocast inside the objective's forward
         "bf16": {"enabled": False},
         "fp16": {"enabled": False},
         "zero_allow_untested_optimizer": True,
@@ -94,7 +93,8 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
     torch.manual_seed(tc.seed)
     schedule = Schedule.named(cfg.diffusion.schedule, cfg.diffusion.steps)
     denoiser = Denoiser(cfg.model)
-    objective = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising, cfg.diffusion.rescale_timesteps)
+    objective = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising, cfg.diffusion.rescale_timesteps,
+                                   torch.bfloat16 if uses_bf16(cfg, env.device) else None)
     optimizer = torch.optim.AdamW(
         objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
         fused=tc.fused_optimizer and env.device.type == "cuda",
@@ -136,7 +136,6 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
                         {"zero_stage": tc.zero_stage})
 
     # --- the loop ---
-    autocast = (torch.autocast(env.device.type, dtype=torch.bfloat16) if uses_bf16(cfg, env.device) else nullcontext())
     loss_sum = torch.zeros((), device=env.device)
     losses_logged, window_start, window_steps, slowest_step = 0, time.monotonic(), 0, 0.0
     stopped_for_time = False
@@ -146,8 +145,7 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
         for _ in range(accumulation):
             ids, mask = batches.next()
             t, weights = sampler.sample(ids.shape[0])
-            with autocast:
-                terms = engine(ids, mask, t)
+            terms = engine(ids, mask, t)
             sampler.update(t, terms["loss"])
             loss = (terms["loss"] * weights).mean()
             engine.backward(loss)
