@@ -93,6 +93,7 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
     torch.manual_seed(tc.seed)
     schedule = Schedule.named(cfg.diffusion.schedule, cfg.diffusion.steps)
     denoiser = Denoiser(cfg.model)
+    n_parameters = count_parameters(denoiser)  # before ZeRO-3 partitions them
     objective = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising, cfg.diffusion.rescale_timesteps,
                                    torch.bfloat16 if uses_bf16(cfg, env.device) else None)
     optimizer = torch.optim.AdamW(
@@ -115,7 +116,7 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
     accumulation = tc.batch_size // tc.micro_batch_size
     last_step = min(tc.steps, stop_after) if stop_after is not None else tc.steps
     if env.is_main:
-        print(f"[train] {count_parameters(denoiser) / 1e6:.1f} M parameters, {env.world_size} rank(s) on "
+        print(f"[train] {n_parameters / 1e6:.1f} M parameters, {env.world_size} rank(s) on "
               f"{env.device.type}, ZeRO-{tc.zero_stage}, {'bf16' if uses_bf16(cfg, env.device) else 'fp32'}, "
               f"step {step} -> {last_step}", flush=True)
 

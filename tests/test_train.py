@@ -65,11 +65,13 @@ def test_resume_continues_bitwise_like_an_uninterrupted_run(tmp_path, corpus):
 
 
 @pytest.mark.slow
-def test_two_rank_zero2_run_agrees_across_ranks_and_samples_on_one_process(tmp_path, corpus):
-    cfg = write_config(tmp_path / "c.yaml", tiny_config(corpus["train"], steps=8, save_every=4, zero_stage=2))
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_rank_zero_run_agrees_across_ranks_and_samples_on_one_process(tmp_path, corpus, stage):
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(corpus["train"], steps=8, save_every=4, zero_stage=stage))
     summaries = run_module("diffusion.train", cfg, tmp_path / "run", nproc=2)
     assert sorted(s["rank"] for s in summaries) == [0, 1]
-    assert summaries[0]["parameters_sha256"] == summaries[1]["parameters_sha256"]
+    if stage == 2:  # under ZeRO-3 each rank holds a shard; the exported file below is the check
+        assert summaries[0]["parameters_sha256"] == summaries[1]["parameters_sha256"]
     folder = tmp_path / "run" / "checkpoints" / "step_0000008"
     meta = checkpoint.verify(folder)
     assert meta["world_size"] == 2 and (folder / "rank_00001.pt").is_file()
