@@ -30,6 +30,7 @@ class DataConfig:
     valid: str | None = None
     test: str | None = None
     hub_dataset: str | None = None  # e.g. "AlekseyKorshuk/quora-question-pairs"; rebuilds DiffuSeq's split
+    synthetic_pairs: int | None = None  # make diffusion.corpus's offline demo corpus of this many train pairs
     vocab_size: int = 30522  # BPE merges stop earlier on small corpora
     lowercase: bool = True  # DiffuSeq used bert-base-uncased
     seq_len: int = 128

