@@ -20,8 +20,11 @@ env: $(VENV)/.installed
 test: env
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
+# the demo pair (target and full noising) on the local executor, then their combined table
 demo: env
-	$(VENV)/bin/pipeline submit jobs/demo.yaml --wait
+	OMP_NUM_THREADS=2 $(VENV)/bin/pipeline submit jobs/demo_target.yaml --wait
+	OMP_NUM_THREADS=2 $(VENV)/bin/pipeline submit jobs/demo_full.yaml --wait
+	$(VENV)/bin/pipeline results demo-target demo-full
 
 clean:
 	rm -rf $(VENV) runs
