@@ -9,9 +9,17 @@ naming file, line and key in every error.
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
 
-from diffusion.config import Config, DataConfig, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig
+import yaml
+
+from diffusion.config import (Config, ConfigError, DataConfig, DiffusionConfig, ModelConfig, SampleConfig,
+                              TrainConfig, from_dict, to_dict)
 
 
 @dataclass(frozen=True)
@@ -84,15 +92,6 @@ class JobSpec:
 
 
 # --- loading ---------------------------------------------------------------------------------
-
-import dataclasses  # noqa: E402
-import re  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
-
-import yaml  # noqa: E402
-
-from diffusion.config import ConfigError, from_dict, to_dict  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SITES_DIR = REPO / "env" / "sites"
@@ -190,18 +189,12 @@ def _schema_keys(cls, path: list[str]) -> tuple[bool, list[str]]:
         names = {f.name: f for f in dataclasses.fields(cls)}
         if part not in names:
             return False, list(names)
-        hint = typing_hints(cls)[part]
+        hint = typing.get_type_hints(cls)[part]
         if dataclasses.is_dataclass(hint):
             cls = hint
         elif i < len(path) - 1:
             return False, []
     return True, []
-
-
-def typing_hints(cls):
-    import typing
-
-    return typing.get_type_hints(cls)
 
 
 def _apply_override(data: dict, origin: dict, item: str) -> None:
