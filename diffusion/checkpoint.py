@@ -52,7 +52,7 @@ def save(
     world_size: int,
     rank_state: dict,
     write_main_files: Callable[[Path], None],
-    exported: dict | None = None,
+    extra_meta: dict | None = None,
 ) -> Path:
     """Collective: every rank calls it. `write_main_files(folder)` runs on rank 0 only."""
     root = Path(root)
@@ -68,7 +68,7 @@ def save(
         atomic.torch_save(rank_state, partial / f"rank_{rank:05d}.pt")
         if rank == 0:
             write_main_files(partial)
-            meta = {"step": step, "world_size": world_size, "files": _file_sizes(partial), **(exported or {})}
+            meta = {"step": step, "world_size": world_size, "files": _file_sizes(partial), **(extra_meta or {})}
             atomic.write_json(partial / "meta.json", meta)
         barrier()
         if rank == 0:

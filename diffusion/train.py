@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import shutil
 import sys
 import time
@@ -138,7 +137,7 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
 
     # --- the loop ---
     loss_sum = torch.zeros((), device=env.device)
-    losses_logged, window_start, window_steps, slowest_step = 0, time.monotonic(), 0, 0.0
+    window_start, window_steps, slowest_step = time.monotonic(), 0, 0.0
     stopped_for_time = False
     engine.train()
     while step < last_step:

@@ -8,8 +8,6 @@ import torch
 from diffusion import checkpoint, metrics
 from diffusion.corpus import write_corpus
 from diffusion.sample import generate
-from diffusion.config import Config, from_dict
-from diffusion.data import load_tokenizer
 from diffusion.model import Denoiser
 from tests.helpers import read_log, run_module, tiny_config, write_config
 
