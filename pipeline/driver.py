@@ -46,11 +46,15 @@ def drive(layout: RunLayout, executor_kind: str = "local", progress=None) -> boo
         if not todo:
             continue
         res = getattr(spec.resources, stage)
-        executor = make_executor(executor_kind, layout.dir / "logs" / "submitit", spec.site, res)
+        executor = make_executor(executor_kind, layout.dir / "logs" / "submitit", spec.site, res,
+                                 f"{layout.run_id}-{stage}")
+        # the local executor starts every job at once: no more than the cores allow; a
+        # scheduler gets the whole array and queues it itself
         parallel = max(1, (os.cpu_count() or 1) // max(1, res.cpus)) if executor_kind == "local" else len(todo)
         for start in range(0, len(todo), parallel):
             batch = todo[start : start + parallel]
-            jobs = [executor.submit(run_task, str(layout.dir), stage, step) for step in batch]
+            with executor.batch():
+                jobs = [executor.submit(run_task, str(layout.dir), stage, step) for step in batch]
             for step, job in zip(batch, jobs):
                 while not job.done():
                     if progress:
