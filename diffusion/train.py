@@ -234,9 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="prepared data folder (default: OUTDIR/data, prepared if missing)")
     parser.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is visible")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="checkpoint and stop before this much wall time (default: train.time_limit_s)")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
+        if args.time_limit is not None:
+            cfg = replace(cfg, train=replace(cfg.train, time_limit_s=args.time_limit))
         summary = train(cfg, args.outdir, args.data_dir, args.stop_after, args.cpu)
     except (ConfigError, checkpoint.CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -61,6 +61,9 @@ def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
     res = spec.resources.train
     ranks = res.gpus if res.gpus > 0 else res.ranks
     args = ["-m", "diffusion.train", str(layout.config), str(layout.dir), "--data-dir", str(layout.data)]
+    if spec.train.time_limit_s is None:
+        # checkpoint before the job's own time limit rather than trust a signal to arrive in time
+        args += ["--time-limit", str(res.time_min * 60 - 60)]
     if ranks > 1:  # torchrun, not srun: the same command starts the ranks under PJM, which has no srun
         args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] + args
     env = dict(os.environ)

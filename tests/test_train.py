@@ -86,3 +86,13 @@ def test_corrupt_checkpoint_is_named(tmp_path, corpus):
         f.write(b"garbage")
     with pytest.raises(checkpoint.CheckpointError, match="model.pt"):
         checkpoint.load_exported(folder)
+
+
+def test_time_limit_stops_with_a_checkpoint_and_the_next_run_resumes(tmp_path, corpus):
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(corpus["train"], steps=30, save_every=30))
+    # 61 s leaves less than the 60 s margin plus three steps: stop after the first step, saved
+    (summary,) = run_module("diffusion.train", cfg, tmp_path / "run", "--time-limit", 61)
+    assert summary["stopped_for_time"] and not summary["finished"] and summary["step"] < 30
+    assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == f"step_{summary['step']:07d}"
+    (summary,) = run_module("diffusion.train", cfg, tmp_path / "run")
+    assert summary["finished"] and summary["step"] == 30
