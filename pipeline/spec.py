@@ -4,12 +4,26 @@ A spec holds the library's config sections (data, model, diffusion, train, sampl
 diffusion/config.py) plus what the pipeline needs: the run's name, evaluation settings, the
 site profile and per-stage resources. `load_spec` resolves `base:` files, merges the site
 profile from env/sites/ underneath, applies `--set key.sub=value` overrides and validates,
-naming file, line and key in every error.
+naming file, line and key in every error ("jobs/x.yaml:12: train.stpes: unknown key; ...").
+
+How a spec is resolved, lowest precedence first:
+  1. the site profile's `defaults:` (any job spec sections, e.g. resources.train.partition);
+  2. the `base:` chain, base first (a path relative to the file naming it; bases may chain);
+  3. the spec file itself;
+  4. `--set key.sub=value` (value read as YAML: 100, [1, 2], null; a mapping merges).
+Mappings merge key by key; any other value (lists included) replaces. `site:` is a profile name
+(env/sites/NAME.yaml; `--site NAME` wins; default "local") or an inline mapping of the same
+content. Relative data paths (data.train/valid/test) are taken relative to the folder of the
+file that wrote them (cwd for --set) and become absolute; `~` and $VARS are expanded in data
+paths and site.results_root. Numbers like 1e-4 read as floats (PyYAML alone reads a string).
+The frozen spec (`freeze`) is the resolved spec as plain YAML; `load_frozen` reads it back as is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import getpass
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -95,8 +109,14 @@ class JobSpec:
 
 REPO = Path(__file__).resolve().parents[1]
 SITES_DIR = REPO / "env" / "sites"
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # run IDs and site names
 DATA_PATH_KEYS = ("data.train", "data.valid", "data.test")
+EXECUTORS = ("local", "slurm", "pjm")
+EVAL_SPLITS = ("valid", "test")
+CLI_SET, CLI_SITE = "--set", "--site"  # the `file` of errors about command-line values
+
+Where = tuple[str, int | None]  # (file, line) a value came from
+Origin = dict[str, Where]  # dotted key -> where it was written
 
 
 class SpecError(ValueError):
@@ -108,204 +128,426 @@ class SpecError(ValueError):
         super().__init__(f"{where}{key + ': ' if key else ''}{message}")
 
 
+# PyYAML follows YAML 1.1, where 1e-4 (no dot) and 1.0e4 (unsigned exponent) are strings; a job
+# spec reads them as the numbers they look like. The dumper quotes strings of that shape, so a
+# frozen spec reads back exactly.
+_EXP_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_STR_TAG, _MERGE_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"
+
+
 class _LineLoader(yaml.SafeLoader):
-    """A YAML loader that records the line of every mapping key, as {dotted.key: line}."""
+    """SafeLoader plus exponent floats; `_read_yaml` records the line of every mapping key."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+for _cls in (_LineLoader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789"))
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
 
 
 def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
+    """A YAML file's top-level mapping and {dotted.key: line}; duplicate or non-name keys are errors."""
+    file = str(path)
     try:
         text = path.read_text()
-    except OSError as err:
-        raise SpecError(f"cannot read ({err.strerror})", str(path)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"cannot read ({getattr(err, 'strerror', None) or err})", file) from None
+    loader = _LineLoader(text)
     try:
-        node = yaml.compose(text, Loader=_LineLoader)
+        node = loader.get_single_node()
+        if node is None:
+            return {}, {}
+        if not isinstance(node, yaml.MappingNode):
+            raise SpecError("expected a mapping (key: value lines) at the top level", file, node.start_mark.line + 1)
+        lines: dict[str, int] = {}
+        _walk(node, "", lines, file)
+        data = loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise SpecError(f"not valid YAML: {getattr(err, 'problem', err)}", str(path), mark.line + 1 if mark else None) from None
-    if node is None:
-        return {}, {}
-    if not isinstance(node, yaml.MappingNode):
-        raise SpecError("expected a mapping at the top level", str(path), node.start_mark.line + 1)
-    lines: dict[str, int] = {}
-
-    def walk(n, prefix):
-        if isinstance(n, yaml.MappingNode):
-            for key_node, value_node in n.value:
-                key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-                lines[key] = key_node.start_mark.line + 1
-                walk(value_node, key)
-
-    walk(node, "")
-    return _LineLoader(text).get_single_data() or {}, lines
+        problem = getattr(err, "problem", None) or err
+        raise SpecError(f"not valid YAML: {problem}", file, mark.line + 1 if mark else None) from None
+    finally:
+        loader.dispose()
+    return data, lines
 
 
-def _merge(base: dict, over: dict, base_origin: dict, over_origin: dict, prefix: str = "") -> tuple[dict, dict]:
-    """Deep-merge `over` onto `base`; origins map dotted keys to (file, line)."""
-    merged, origin = dict(base), {k: v for k, v in base_origin.items()}
-    for key, value in over.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key], sub_origin = _merge(merged[key], value, origin, over_origin, dotted)
-            origin.update(sub_origin)
-        else:
-            merged[key] = value
-            for k in [k for k in origin if k == dotted or k.startswith(dotted + ".")]:
-                del origin[k]
-        origin.update({k: v for k, v in over_origin.items() if k == dotted or k.startswith(dotted + ".")})
+def _walk(node: yaml.MappingNode, prefix: str, lines: dict[str, int], file: str) -> None:
+    merged = []
+    for key_node, value_node in node.value:
+        line = key_node.start_mark.line + 1
+        if key_node.tag == _MERGE_TAG:  # `<<: *anchor`: its keys, unless written here too
+            merged += value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            continue
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR_TAG:
+            shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a collection"
+            raise SpecError(f"keys must be names, got {shown!r}", file, line, prefix)
+        key = _join(prefix, key_node.value)
+        if key in lines:
+            raise SpecError(f"duplicate key (first written on line {lines[key]})", file, line, key)
+        lines[key] = line
+        if isinstance(value_node, yaml.MappingNode):
+            _walk(value_node, key, lines, file)
+    for sub in merged:
+        if isinstance(sub, yaml.MappingNode):
+            sub_lines: dict[str, int] = {}
+            _walk(sub, prefix, sub_lines, file)
+            for key, line in sub_lines.items():
+                lines.setdefault(key, line)
+
+
+def _merge(base: dict, over: dict, base_origin: Origin, over_origin: Origin) -> tuple[dict, Origin]:
+    """Deep-merge `over` onto `base` (mappings merge, anything else replaces), with origins."""
+    origin = dict(base_origin)
+
+    def merge(b: dict, o: dict, prefix: str) -> dict:
+        out = dict(b)
+        for key, value in o.items():
+            dotted = _join(prefix, str(key))
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value, dotted)
+            else:
+                out[key] = value
+                _drop(origin, dotted)
+        return out
+
+    merged = merge(base, over, "")
+    origin.update(over_origin)
     return merged, origin
 
 
-def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict]:
-    path = path.resolve()
-    if path in seen:
-        raise SpecError("`base:` files include each other: " + " -> ".join(map(str, (*seen, path))), str(path))
+def _drop(origin: Origin, key: str) -> None:
+    """Forget where `key` and everything under it came from."""
+    for k in [k for k in origin if k == key or k.startswith(key + ".")]:
+        del origin[k]
+
+
+def _load_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, Origin]:
     data, lines = _read_yaml(path)
-    origin = {key: (str(path), line) for key, line in lines.items()}
-    base = data.pop("base", None)
-    origin.pop("base", None)
-    if base is None:
+    file = str(path)
+    origin = {key: (file, line) for key, line in lines.items()}
+    if "base" not in data:
         return data, origin
-    if not isinstance(base, str):
-        raise SpecError("expected a file name", str(path), lines.get("base"), "base")
-    base_path = path.parent / base
+    base, base_line = data.pop("base"), lines.get("base")
+    _drop(origin, "base")
+    if not isinstance(base, str) or not base.strip():
+        raise SpecError("expected the file name of a base spec (relative to this file)", file, base_line, "base")
+    base_path = path.parent / os.path.expanduser(base)
+    here = (*chain, path.resolve())
+    if base_path.resolve() in here:
+        cycle = " -> ".join(str(p) for p in (*here, base_path.resolve()))
+        raise SpecError(f"`base:` files include each other: {cycle}", file, base_line, "base")
     if not base_path.is_file():
-        raise SpecError(f"no such file {base_path}", str(path), lines.get("base"), "base")
-    base_data, base_origin = _load_with_bases(base_path, (*seen, path))
+        raise SpecError(f"no such file: {base_path}", file, base_line, "base")
+    base_data, base_origin = _load_with_bases(base_path, here)
     return _merge(base_data, data, base_origin, origin)
 
 
-def _site_profile(name: str) -> tuple[dict, dict]:
+# --- site profiles ---
+
+def site_names() -> list[str]:
+    """The profiles in env/sites/."""
+    return sorted(p.stem for p in SITES_DIR.glob("*.yaml"))
+
+
+def _site_content(site: dict, origin: Origin, prefix: str) -> tuple[dict, Origin]:
+    """A site mapping (a file's, or an inline one) as spec data {"site": fields, **defaults}.
+
+    `origin` is keyed relative to the mapping; `prefix` ("" or "site.") names its keys in errors.
+    """
+    site = dict(site)
+    defaults = site.pop("defaults", None)
+    if defaults is None:
+        defaults = {}
+    if not isinstance(defaults, dict):
+        file, line = origin.get("defaults", (None, None))
+        raise SpecError("expected a mapping of job spec sections (resources, evaluate, ...)", file, line,
+                        prefix + "defaults")
+    for key in ("name", "site", "base"):
+        if key in defaults:
+            file, line = origin.get(f"defaults.{key}", (None, None))
+            raise SpecError("a site's defaults may not set this (only job spec sections)", file, line,
+                            f"{prefix}defaults.{key}")
+    out: Origin = {}
+    for key, where in origin.items():
+        if key.startswith("defaults."):
+            out[key[len("defaults."):]] = where
+        elif key != "defaults":
+            out[f"site.{key}"] = where
+    return {**defaults, "site": site}, out
+
+
+def _site_profile(name, file: str | None, line: int | None) -> tuple[dict, Origin]:
+    """env/sites/NAME.yaml as spec data (see _site_content); `file`/`line`: where NAME was given."""
+    if not isinstance(name, str) or not RUN_NAME.match(name) or ".." in name:
+        raise SpecError(f"expected the name of a site profile ({', '.join(site_names())}) or a mapping, got {name!r}",
+                        file, line, "site")
     path = SITES_DIR / f"{name}.yaml"
     if not path.is_file():
-        available = sorted(p.stem for p in SITES_DIR.glob("*.yaml"))
-        raise SpecError(f"unknown site {name!r}; available: {', '.join(available)}", key="site")
+        raise SpecError(f"unknown site {name!r}; available: {', '.join(site_names())} (the files in {SITES_DIR})",
+                        file, line, "site")
     data, lines = _read_yaml(path)
-    return data, {key: (str(path), line) for key, line in lines.items()}
+    content, origin = _site_content(data, {k: (str(path), n) for k, n in lines.items()}, "")
+    content["site"].setdefault("name", name)
+    return content, origin
 
 
-def _schema_keys(cls, path: list[str]) -> tuple[bool, list[str]]:
-    """Whether the dotted path exists in the JobSpec schema, and the valid keys where it stops."""
-    for i, part in enumerate(path):
-        names = {f.name: f for f in dataclasses.fields(cls)}
+def _apply_site(data: dict, origin: Origin, cli_site: str | None, top: str) -> tuple[dict, Origin]:
+    """Put the site (profile, then the spec's inline fields) into data, its defaults under the spec."""
+    value = data.pop("site", None)
+    spec_where = origin.get("site", (top, None))
+    inline_origin = {k[len("site."):]: w for k, w in origin.items() if k.startswith("site.")}
+    _drop(origin, "site")
+    if cli_site is not None:
+        content, content_origin = _site_profile(cli_site, CLI_SITE, None)
+    elif value is None or isinstance(value, str):
+        content, content_origin = _site_profile(value or "local", *spec_where)
+    elif isinstance(value, dict):
+        content, content_origin = {"site": {}}, {}
+    else:
+        raise SpecError(f"expected a site name or a mapping of site fields, got {value!r}", *spec_where, "site")
+    if isinstance(value, dict):
+        inline, inline_origin = _site_content(value, inline_origin, "site.")
+        content, content_origin = _merge(content, inline, content_origin, inline_origin)
+    data, origin = _merge(content, data, content_origin, origin)
+    if value is not None:
+        origin["site"] = spec_where
+    return data, origin
+
+
+# --- overrides ---
+
+def _schema_check(key: str) -> None:
+    """Refuse a --set key that is not in the JobSpec schema, naming the valid keys where it stops."""
+    parts = key.split(".")
+    if not all(parts):
+        raise SpecError("expected a dotted key such as train.steps", CLI_SET, None, key)
+    cls = JobSpec
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)]
         if part not in names:
-            return False, list(names)
-        hint = typing.get_type_hints(cls)[part]
-        if dataclasses.is_dataclass(hint):
-            cls = hint
-        elif i < len(path) - 1:
-            return False, []
-    return True, []
+            raise SpecError(f"unknown key; valid keys here: {', '.join(names)}", CLI_SET, None, key)
+        tp = typing.get_type_hints(cls)[part]
+        if i < len(parts) - 1:
+            if not dataclasses.is_dataclass(tp):
+                raise SpecError(f"{'.'.join(parts[:i + 1])} is a value, not a section", CLI_SET, None, key)
+            cls = tp
 
 
-def _apply_override(data: dict, origin: dict, item: str) -> None:
-    if "=" not in item:
-        raise SpecError(f"expected KEY=VALUE, got {item!r}", "--set")
+def _parse_value(raw: str, key: str):
+    try:
+        return yaml.load(raw, Loader=_LineLoader)
+    except yaml.YAMLError as err:
+        raise SpecError(f"value {raw!r} is not valid YAML ({getattr(err, 'problem', None) or err})",
+                        CLI_SET, None, key) from None
+
+
+def _dotted_keys(value: dict, prefix: str) -> list[str]:
+    keys = []
+    for k, v in value.items():
+        keys.append(_join(prefix, str(k)))
+        if isinstance(v, dict):
+            keys += _dotted_keys(v, keys[-1])
+    return keys
+
+
+def _apply_override(data: dict, origin: Origin, item: str) -> None:
+    if not isinstance(item, str) or "=" not in item:
+        raise SpecError(f"expected KEY=VALUE (e.g. train.steps=100), got {item!r}", CLI_SET)
     key, raw = item.split("=", 1)
     key = key.strip()
-    ok, valid = _schema_keys(JobSpec, key.split("."))
-    if not ok:
-        raise SpecError(f"unknown key; valid keys here: {', '.join(valid)}" if valid else "unknown key", "--set", None, key)
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise SpecError(f"value {raw!r} is not valid YAML ({err})", "--set", None, key) from None
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
+    _schema_check(key)
+    value = _parse_value(raw, key)
+    if key == "site" and not isinstance(value, dict):
+        raise SpecError("choose a site profile with --site NAME; --set site.FIELD=VALUE changes one field",
+                        CLI_SET, None, key)
+    node, parts = data, key.split(".")
+    for i, part in enumerate(parts[:-1]):
         if not isinstance(node.get(part), dict):
             node[part] = {}
+            _drop(origin, ".".join(parts[:i + 1]))
         node = node[part]
-    node[parts[-1]] = value
-    for k in [k for k in origin if k == key or k.startswith(key + ".")]:
-        del origin[k]
-    origin[key] = ("--set", None)
+    last = parts[-1]
+    if isinstance(value, dict) and isinstance(node.get(last), dict):  # a mapping merges, as a base does
+        node[last], _ = _merge(node[last], value, {}, {})
+    else:
+        node[last] = value
+        _drop(origin, key)
+    origin[key] = (CLI_SET, None)
+    if isinstance(value, dict):
+        origin.update({k: (CLI_SET, None) for k in _dotted_keys(value, key)})
 
 
-def _locate(origin: dict, key: str, top: str) -> tuple[str, int | None]:
-    """(file, line) of a dotted key, or of its nearest parent that has one."""
-    parts = key.replace("[", ".[").split(".")
-    while parts:
-        dotted = ".".join(parts).replace(".[", "[")
-        if dotted in origin:
-            return origin[dotted]
-        parts.pop()
-    return top, None
+# --- paths ---
+
+_VAR = re.compile(r"\$(?:([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)\})")
 
 
-def _resolve_data_paths(data: dict, origin: dict) -> None:
+def _expand(value: str, key: str, origin: Origin, top: str) -> str:
+    """`~` and $VAR / ${VAR} expanded; an unset variable is an error ($USER falls back to the login name)."""
+
+    def var(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if name == "USER":
+            try:
+                return getpass.getuser()
+            except (KeyError, OSError):
+                pass
+        raise SpecError(f"environment variable {name} is not set (in {value!r})", *_locate(origin, key, top), key)
+
+    return os.path.expanduser(_VAR.sub(var, value))
+
+
+def _resolve_paths(data: dict, origin: Origin, top: str) -> None:
+    """Data paths: expanded, and absolute against the folder of the file that wrote them."""
     for key in DATA_PATH_KEYS:
         section, name = key.split(".")
-        value = data.get(section, {}).get(name) if isinstance(data.get(section), dict) else None
-        if isinstance(value, str) and not Path(value).is_absolute():
-            file, _ = origin.get(key, ("--set", None))
-            base = Path(file).parent if file != "--set" else Path.cwd()
-            data[section][name] = str((base / value).resolve())
+        value = data[section].get(name) if isinstance(data.get(section), dict) else None
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(_expand(value, key, origin, top))
+        if not path.is_absolute():
+            file = origin.get(key, (CLI_SET, None))[0]
+            path = (Path.cwd() if file in (CLI_SET, CLI_SITE) else Path(file).parent) / path
+        data[section][name] = str(path.resolve())
+    site = data.get("site")
+    if isinstance(site, dict) and isinstance(site.get("results_root"), str):
+        site["results_root"] = _expand(site["results_root"], "site.results_root", origin, top)
 
+
+# --- building and checking ---
 
 def load_spec(path: str | Path, overrides: Sequence[str] = (), site: str | None = None) -> JobSpec:
     """The resolved, validated JobSpec of a spec file (see the module doc)."""
     path = Path(path)
+    top = str(path)
     if not path.is_file():
-        raise SpecError("no such file", str(path))
+        raise SpecError("no such file", top)
     data, origin = _load_with_bases(path)
-    site_value = data.get("site")
-    site_name = site or (site_value if isinstance(site_value, str) else None)
-    if site_name is not None or site_value is None:
-        site_data, site_origin = _site_profile(site_name or "local")
-        defaults = site_data.pop("defaults", {}) or {}
-        defaults_origin = {k[len("defaults."):]: v for k, v in site_origin.items() if k.startswith("defaults.")}
-        site_origin = {f"site.{k}": v for k, v in site_origin.items() if not k.startswith("defaults")}
-        site_data.setdefault("name", site_name or "local")
-        spec_site = data.pop("site", None)
-        data, origin = _merge(defaults, data, defaults_origin, {k: v for k, v in origin.items() if k != "site"})
-        data["site"] = site_data if not isinstance(spec_site, dict) else {**site_data, **spec_site}
-        origin.update(site_origin)
+    data, origin = _apply_site(data, origin, site, top)
     for item in overrides:
         _apply_override(data, origin, item)
-    _resolve_data_paths(data, origin)
-    return _build(data, origin, str(path))
+    _resolve_paths(data, origin, top)
+    return _build(data, origin, top)
 
 
-def _build(data: dict, origin: dict, top: str) -> JobSpec:
+def _has(data, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _locate(origin: Origin, key: str, top: str, missing: bool = False) -> Where:
+    """Where a dotted key (maybe with [i] list indices) was written, else where its nearest parent
+    was; for a key missing everywhere, the top of the spec file."""
+    parts = re.sub(r"\[\d+\]", "", key).split(".")
+    while parts:
+        dotted = ".".join(parts)
+        if dotted in origin:
+            return origin[dotted]
+        parts.pop()
+    return top, 1 if missing else None
+
+
+def _build(data: dict, origin: Origin, top: str) -> JobSpec:
     try:
         spec = from_dict(JobSpec, data)
     except ConfigError as err:
-        file, line = _locate(origin, err.key, top)
+        missing = not _has(data, re.sub(r"\[\d+\]", "", err.key))
+        file, line = _locate(origin, err.key, top, missing)
         message = str(err)[len(err.key) + 2:] if err.key else str(err)
         raise SpecError(message, file, line, err.key) from None
     _validate(spec, origin, top)
     return spec
 
 
-def _validate(spec: JobSpec, origin: dict, top: str) -> None:
-    def fail(key, message):
-        file, line = _locate(origin, key, top)
-        raise SpecError(message, file, line, key)
+def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
+    """Checks beyond types: what would otherwise fail hours later on a cluster node."""
 
-    if not RUN_NAME.match(spec.name) or ".." in spec.name:
-        fail("name", f"invalid run name {spec.name!r}: letters, digits, '.', '-', '_'; no '/' or '..'")
-    if spec.train.batch_size % spec.train.micro_batch_size:
-        fail("train.batch_size", f"{spec.train.batch_size} is not a multiple of train.micro_batch_size "
-                                 f"{spec.train.micro_batch_size}")
-    if not 1 <= spec.train.save_every <= spec.train.steps:
-        fail("train.save_every", f"must be between 1 and train.steps ({spec.train.steps})")
-    if not (spec.data.train or spec.data.hub_dataset or spec.data.synthetic_pairs):
-        fail("data", "name a source: data.train, data.hub_dataset or data.synthetic_pairs")
-    if spec.site.executor not in ("local", "slurm", "pjm"):
-        fail("site.executor", f"must be local, slurm or pjm, got {spec.site.executor!r}")
-    if spec.evaluate.split not in ("valid", "test"):
-        fail("evaluate.split", f"must be valid or test, got {spec.evaluate.split!r}")
-    if spec.sample.steps is not None and spec.sample.steps < 1 or not spec.sample.seeds:
-        fail("sample", "sample.steps must be positive and sample.seeds non-empty")
+    def check(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise SpecError(message, *_locate(origin, key, top), key)
+
+    def at_least(key: str, low: float, optional: bool = False) -> None:
+        value = _value(spec, key)
+        check((optional and value is None) or value >= low, key, f"must be at least {low}, got {value!r}")
+
+    check(bool(RUN_NAME.match(spec.name)) and ".." not in spec.name, "name",
+          f"invalid run name {spec.name!r}: letters, digits, '.', '-', '_' (first a letter or digit); no '/' or '..'")
+    check(spec.site.executor in EXECUTORS, "site.executor",
+          f"must be one of {', '.join(EXECUTORS)}, got {spec.site.executor!r}")
+
+    d, m, t, s = spec.data, spec.model, spec.train, spec.sample
+    check(bool(d.train or d.hub_dataset or d.synthetic_pairs), "data",
+          "name a source: data.train, data.hub_dataset or data.synthetic_pairs")
+    at_least("data.synthetic_pairs", 1, optional=True)
+    at_least("data.max_train_pairs", 1, optional=True)
+    at_least("data.vocab_size", 1)
+    at_least("data.seq_len", 5)  # [CLS] x [SEP] [SEP] [CLS] y [SEP] needs 5 special tokens
+    check(d.seq_len <= m.max_positions, "data.seq_len",
+          f"{d.seq_len} is longer than model.max_positions ({m.max_positions})")
+    split = spec.evaluate.split
+    check(split in EVAL_SPLITS, "evaluate.split", f"must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    # the synthetic corpus and the hub dataset bring every split; local files only those named
+    has_split = d.synthetic_pairs or (d.hub_dataset and not d.train) or getattr(d, split)
+    check(bool(has_split), f"data.{split}", f"not set, but evaluate.split is {split!r}: name the {split} jsonl file")
+
+    for key in ("embed_dim", "hidden_size", "num_layers", "num_heads", "ffn_size", "time_embed_dim", "max_positions"):
+        at_least(f"model.{key}", 1)
+    at_least("model.vocab_size", 0)
+    check(m.hidden_size % m.num_heads == 0, "model.num_heads",
+          f"model.hidden_size ({m.hidden_size}) is not a multiple of num_heads ({m.num_heads})")
+    check(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    at_least("diffusion.steps", 1)
+
+    for key in ("steps", "batch_size", "micro_batch_size", "log_every"):
+        at_least(f"train.{key}", 1)
+    check(t.batch_size % t.micro_batch_size == 0, "train.batch_size",
+          f"{t.batch_size} is not a multiple of train.micro_batch_size ({t.micro_batch_size})")
+    check(1 <= t.save_every <= t.steps, "train.save_every",
+          f"must be between 1 and train.steps ({t.steps}), got {t.save_every}")
+    check(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
+    check(0 <= t.ema_rate <= 1, "train.ema_rate", f"must be in [0, 1], got {t.ema_rate}")
+    check(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", f"must be 0, 1, 2 or 3, got {t.zero_stage}")
+    at_least("train.weight_decay", 0)
+    at_least("train.grad_clip", 0)
+    check(t.time_limit_s is None or t.time_limit_s > 0, "train.time_limit_s", f"must be positive, got {t.time_limit_s}")
+
+    at_least("sample.steps", 1, optional=True)
+    at_least("sample.clamp_step", 0)
+    at_least("sample.batch_size", 1)
+    at_least("sample.max_examples", 1, optional=True)
+    check(len(s.seeds) > 0, "sample.seeds", "needs at least one seed")
+    at_least("evaluate.bertscore_batch_size", 1)
+
+    for stage in (f.name for f in dataclasses.fields(Resources)):
+        for key, low in (("nodes", 1), ("gpus", 0), ("ranks", 1), ("cpus", 1), ("mem_gb", 1), ("time_min", 1),
+                         ("array_parallelism", 1)):
+            at_least(f"resources.{stage}.{key}", low)
+
+
+def _value(spec, key: str):
+    for part in key.split("."):
+        spec = getattr(spec, part)
+    return spec
 
 
 def freeze(spec: JobSpec) -> str:
     """YAML of the fully resolved spec, as stored in the run folder."""
-    return yaml.safe_dump(to_dict(spec), sort_keys=False)
+    return yaml.dump(to_dict(spec), Dumper=_Dumper, sort_keys=False)
 
 
 def load_frozen(path: str | Path) -> JobSpec:
-    """A spec frozen by `freeze` (no base, site or overrides to resolve)."""
+    """A spec frozen by `freeze`, read back as is: no base, site, overrides or path resolution."""
     path = Path(path)
     data, lines = _read_yaml(path)
-    return _build(data, {k: (str(path), line) for k, line in lines.items()}, str(path))
+    return _build(data, {k: (str(path), n) for k, n in lines.items()}, str(path))
