@@ -1,7 +1,9 @@
 """The `pipeline` command.
 
     pipeline submit SPEC [--set key=value ...] [--site NAME] [--executor local] [--wait]
-    pipeline status [RUN] [--json]
+    pipeline status [RUN] [--json]      one scheduler query; submits whatever has become ready
+    pipeline watch RUN [--interval S]   the same in a loop, for a login-node session (tmux)
+    pipeline retry RUN [--wait]         resubmit failed tasks only
     pipeline results RUN [RUN ...] [--out DIR]
     pipeline score SAMPLES.jsonl [--bertscore-model NAME_OR_PATH | --no-bertscore] [--json]
     pipeline cancel RUN
@@ -52,102 +54,200 @@ def find_run(args, run_id: str) -> RunLayout:
 
 # --- submit ---
 def cmd_submit(args) -> int:
+    from .jobs import Registry, run_lock
+    from .prefetch import PrefetchError, prefetch
+    from .stages import write_run_inputs
+
     spec = load_spec(args.spec, args.set or (), site=args.site)
     executor = args.executor or spec.site.executor
     layout = RunLayout(results_root(args, spec.site.results_root), spec.name)
     frozen = freeze(spec)
-    if layout.spec.is_file():
-        if layout.spec.read_text() != frozen:
-            raise UserError(f"run {spec.name!r} already exists at {layout.dir} with a different spec; "
-                            "give the new one another name (--set name=...) or remove the old folder")
-        console.print(f"run [bold]{spec.name}[/] exists with the same spec: finished stages are skipped")
-    from .stages import write_run_inputs
-
     layout.dir.mkdir(parents=True, exist_ok=True)
-    write_run_inputs(layout, spec, frozen)
-    (layout.state / "cancelled").unlink(missing_ok=True)
-    if args.wait:
+    with run_lock(layout):  # two submits of one run at once: the second sees the first's inputs and jobs
+        if layout.spec.is_file():
+            if layout.spec.read_text() != frozen:
+                raise UserError(f"run {spec.name!r} already exists at {layout.dir} with a different spec; "
+                                "give the new one another name (--set name=...) or remove the old folder")
+            console.print(f"run [bold]{spec.name}[/] exists with the same spec: finished tasks are skipped, "
+                          "queued ones are not submitted again")
+        registry = Registry(layout)
+        if registry.executor and registry.executor != executor:
+            raise UserError(f"run {spec.name!r} was submitted with the {registry.executor} executor; "
+                            f"continue it with --executor {registry.executor}")
+        write_run_inputs(layout, spec, frozen)
+        (layout.state / "cancelled").unlink(missing_ok=True)
+    try:
+        fetched = prefetch(spec, layout.root)
+    except PrefetchError as err:
+        raise UserError(str(err)) from None
+    if fetched:
+        console.print("cached for offline jobs: " + ", ".join(fetched))
+    return start(layout, executor, args.wait)
+
+
+def start(layout: RunLayout, executor: str, wait: bool) -> int:
+    """Submit what is ready (the whole chain on Slurm); the local executor gets its own loop."""
+    from .advance import advance
+
+    if wait:
         return run_in_foreground(layout, executor)
-    log = layout.dir / "logs" / "driver.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as out:
-        subprocess.Popen([sys.executable, "-m", "pipeline.driver", str(layout.dir)], stdout=out, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
-    console.print(f"submitted [bold]{spec.name}[/] ({executor}) → {layout.dir}\n"
-                  f"follow it with: pipeline status {spec.name}")
+    if executor == "local":
+        start_local_loop(layout)
+        console.print(f"started [bold]{layout.run_id}[/] (local) → {layout.dir}\nfollow it with: pipeline status {layout.run_id}")
+        return 0
+    report = advance(layout, executor)
+    queued = ", ".join(report["submitted"]) or "nothing new (already queued or done)"
+    console.print(f"[bold]{layout.run_id}[/] ({executor}) → {layout.dir}\nsubmitted: {queued}")
+    if executor == "pjm":
+        console.print("PJM jobs cannot wait for each other: `pipeline status` submits each stage when it becomes ready; "
+                      "`pipeline watch RUN` does so in a loop (run it in tmux or screen)")
+    else:
+        console.print(f"follow it with: pipeline status {layout.run_id}")
     return 0
+
+
+def start_local_loop(layout: RunLayout) -> None:
+    from .jobs import run_lock
+    from .status import local_loop_alive
+
+    with run_lock(layout):
+        if local_loop_alive(layout):
+            return  # submitted twice: one loop carries the run
+        log = layout.dir / "logs" / "driver.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "pipeline.advance", str(layout.dir), "--loop", "2"],
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=REPO)
+        atomic.write_json(layout.state / "driver.json", {"pid": proc.pid, "pgid": proc.pid, "started": time.time()})
 
 
 def run_in_foreground(layout: RunLayout, executor: str) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .driver import drive
+    from .advance import watch
     from .status import training_progress
 
-    tasks = {}
+    if executor == "local":
+        atomic.write_json(layout.state / "driver.json", {"pid": os.getpid(), "pgid": os.getpgid(0), "started": time.time()})
+    bars_by_stage = {}
     with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console, transient=False) as bars:
-        def progress(stage, done, total):
-            note = ""
-            if stage == "train":
-                beat = training_progress(layout)
-                if beat:
-                    done, total = beat["step"], beat["total_steps"]
-                    note = f"loss {beat['loss']:.4f}"
-                else:
-                    done, total = 0, load_frozen(layout.spec).train.steps
-            if stage not in tasks:
-                tasks[stage] = bars.add_task(stage, total=total, note=note)
-            bars.update(tasks[stage], completed=done, total=total, note=note)
+        def on_pass(st):
+            for stage in st["stages"]:
+                done, total, note = stage["done"], stage["total"], stage["state"]
+                if stage["stage"] == "train" and stage["state"] != "done" and (beat := training_progress(layout)):
+                    done, total, note = beat["step"], beat["total_steps"], f"loss {beat['loss']:.4f}"
+                if stage["stage"] not in bars_by_stage:
+                    bars_by_stage[stage["stage"]] = bars.add_task(stage["stage"], total=total, note=note)
+                bars.update(bars_by_stage[stage["stage"]], completed=done, total=total, note=note)
 
-        ok = drive(layout, executor, progress)
-    if not ok:
-        from .status import run_status
-
-        for failure in run_status(layout)["failures"]:
-            err_console.print(f"[red]failed[/] {failure['task']}: {failure['error']}\n  log: {failure['log']}")
+        st = watch(layout, executor, interval=2 if executor == "local" else 5, on_pass=on_pass)
+    if st["state"] != "done":
+        print_failures(st)
         return 1
     console.print(f"[green]done[/] {layout.run_id}: results in {layout.results}")
     return 0
 
 
-# --- status ---
-STATE_STYLE = {"done": "green", "failed": "red", "running": "yellow", "queued": "dim"}
+def print_failures(st: dict) -> None:
+    for failure in st["failures"]:
+        err_console.print(f"[red]failed[/] {failure['task']}: {failure['error']}\n  log: {failure['log']}", highlight=False)
+    if st["state"] == "cancelled":
+        err_console.print(f"{st['run']} was cancelled")
+
+
+# --- status, watch ---
+STATE_STYLE = {"done": "green", "failed": "red", "blocked": "red", "running": "yellow", "queued": "cyan",
+               "waiting": "dim", "cancelled": "magenta", "stopped": "red"}
+
+
+def advance_and_status(layout: RunLayout) -> dict:
+    """One scheduler query; submits what became ready (not for the local executor, whose own loop does)."""
+    from .advance import advance
+    from .jobs import Registry
+    from .status import run_status
+
+    executor = Registry(layout).executor or load_frozen(layout.spec).site.executor
+    return run_status(layout, advance(layout, executor, submit=executor != "local"))
 
 
 def cmd_status(args) -> int:
-    from .status import format_eta, list_runs, run_status
+    from .status import list_runs
 
     if not args.run:
-        runs = [run_status(layout) for layout in list_runs(results_root(args))]
+        runs = [advance_and_status(layout) for layout in list_runs(results_root(args))]
         if args.json:
             print(json.dumps(runs, indent=2))
             return 0
-        table = Table("run", "state", "stages done", "folder")
+        table = Table("run", "executor", "state", "stages done", "folder")
         for st in runs:
             done = sum(s["state"] == "done" for s in st["stages"])
-            table.add_row(st["run"], f"[{STATE_STYLE[st['state']]}]{st['state']}[/]", f"{done}/{len(st['stages'])}", st["dir"])
+            table.add_row(st["run"], st["executor"] or "", f"[{STATE_STYLE[st['state']]}]{st['state']}[/]",
+                          f"{done}/{len(st['stages'])}", st["dir"])
         console.print(table if runs else f"no runs under {results_root(args)}")
         return 0
-    st = run_status(find_run(args, args.run))
+    st = advance_and_status(find_run(args, args.run))
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
-    table = Table("stage", "task", "state", "progress", title=f"{st['run']}: {st['state']}")
+    print_status(st)
+    return 0
+
+
+def print_status(st: dict) -> None:
+    from .status import format_eta
+
+    table = Table("stage", "task", "job", "state", "progress", title=f"{st['run']}: {st['state']} ({st['executor']})")
     for stage in st["stages"]:
         progress = f"{stage['done']}/{stage['total']}"
         beat = stage.get("progress")
-        if beat:
+        if beat and stage["state"] != "done":
             progress = (f"step {beat['step']}/{beat['total_steps']}  loss {beat['loss']:.4f}  "
                         f"{beat['tokens_per_s']:,.0f} tok/s  ETA {format_eta(beat['eta_s'])}")
-        rows = stage["tasks"] if len(stage["tasks"]) > 1 else [{"task": "", "state": stage["state"]}]
-        for i, task in enumerate(rows):
-            table.add_row(stage["stage"] if i == 0 else "", task["task"],
+        for i, task in enumerate(stage["tasks"]):
+            job = task["job"] or ""
+            if task["job_state"] and task["state"] not in ("done",):
+                job += f" ({task['job_state'].lower()})"
+            table.add_row(stage["stage"] if i == 0 else "", task["task"] if len(stage["tasks"]) > 1 else "", job,
                           f"[{STATE_STYLE[task['state']]}]{task['state']}[/]", progress if i == 0 else "")
     console.print(table)
-    for failure in st["failures"]:
-        console.print(f"[red]failed[/] {failure['task']}: {failure['error']}\n  log: {failure['log']}")
-    return 0
+    if st["submitted"]:
+        console.print("submitted now: " + ", ".join(st["submitted"]))
+    print_failures(st)
+
+
+def cmd_watch(args) -> int:
+    from .advance import watch
+
+    layout = find_run(args, args.run)
+    st = watch(layout, interval=args.interval, on_pass=lambda st: (console.clear() if console.is_terminal else None, print_status(st)))
+    return 0 if st["state"] == "done" else 1
+
+
+# --- retry ---
+def cmd_retry(args) -> int:
+    from .jobs import Registry, clear_attempts, run_lock
+
+    layout = find_run(args, args.run)
+    st = advance_and_status(layout)
+    retried = []
+    with run_lock(layout):
+        registry = Registry(layout)
+        for stage in st["stages"]:
+            for task in stage["tasks"]:
+                if task["state"] == "failed":
+                    layout.marker(task["stage"], task["step"], "failed").unlink(missing_ok=True)
+                    clear_attempts(layout, task["task"])
+                    registry.forget(task["task"])
+                    retried.append(task["task"])
+        registry.save()
+        (layout.state / "cancelled").unlink(missing_ok=True)
+    if not retried and st["state"] not in ("cancelled", "stopped"):
+        console.print(f"{layout.run_id}: no failed task to retry ({st['state']})")
+        return 0
+    console.print(f"retrying {', '.join(retried) or 'the stopped run'}")
+    return start(layout, st["executor"] or load_frozen(layout.spec).site.executor, args.wait)
 
 
 # --- results ---
@@ -205,19 +305,27 @@ def cmd_score(args) -> int:
 
 # --- cancel ---
 def cmd_cancel(args) -> int:
-    layout = find_run(args, args.run)
-    driver = layout.read_json(layout.state / "driver.json")
-    atomic.write_json(layout.state / "cancelled", {"time": time.time()})
-    from .status import process_alive
+    from .jobs import Registry, run_lock
+    from .schedulers import cancel, is_live, query
+    from .status import local_loop_alive
 
-    if driver and process_alive(driver["pid"]):
-        try:
-            os.killpg(driver["pgid"], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        console.print(f"cancelled {layout.run_id} (driver {driver['pid']} and its jobs)")
-    else:
-        console.print(f"{layout.run_id}: nothing running; marked cancelled")
+    layout = find_run(args, args.run)
+    with run_lock(layout):  # no advance can submit between the flag and the cancellation
+        atomic.write_json(layout.state / "cancelled", {"time": time.time()})
+        registry = Registry(layout)
+        loop = layout.read_json(layout.state / "driver.json")
+        if registry.executor == "local" or registry.executor is None:
+            if local_loop_alive(layout):
+                try:
+                    os.killpg(loop["pgid"], signal.SIGTERM)  # the loop and the jobs it started
+                except ProcessLookupError:
+                    pass
+        ids = registry.all_job_ids()
+        states = query(registry.executor, ids) if registry.executor else {}
+        live = [jid for jid in ids if is_live(states.get(jid, "FINISHED"))]
+        if registry.executor:
+            cancel(registry.executor, live)
+    console.print(f"cancelled {layout.run_id}: {len(live)} job(s) stopped; `pipeline retry {layout.run_id}` continues it")
     return 0
 
 
@@ -230,12 +338,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec value, e.g. train.steps=100")
     p.add_argument("--site", help="site profile from env/sites/ (default: the spec's, else local)")
     p.add_argument("--executor", choices=["local", "slurm", "pjm"])
-    p.add_argument("--wait", action="store_true", help="run in the foreground with progress bars")
+    p.add_argument("--wait", action="store_true", help="stay in the foreground with progress bars until the study ends")
     p.set_defaults(func=cmd_submit)
-    p = sub.add_parser("status", help="state of a run (or of all runs)")
+    p = sub.add_parser("status", help="state of a run (or of all runs); submits what has become ready")
     p.add_argument("run", nargs="?")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("watch", help="status in a loop until the run ends (keep it in tmux on a login node)")
+    p.add_argument("run")
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between scheduler queries")
+    p.set_defaults(func=cmd_watch)
+    p = sub.add_parser("retry", help="resubmit a run's failed tasks (and what waits for them)")
+    p.add_argument("run")
+    p.add_argument("--wait", action="store_true")
+    p.set_defaults(func=cmd_retry)
     p = sub.add_parser("results", help="Table 1 and plots for one or more runs")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", help="folder for the combined table (default: the run's results/, or results-A+B/)")

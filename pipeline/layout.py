@@ -101,9 +101,10 @@ class RunLayout:
         self.marker(stage, step, "failed").unlink(missing_ok=True)
         atomic.write_json(self.marker(stage, step), {"finished": time.time(), **info})
 
-    def mark_failed(self, stage: str, step: int | None, error: str) -> None:
-        atomic.write_json(self.marker(stage, step, "failed"),
-                          {"failed": time.time(), "error": error, "log": str(self.log(stage, step))})
+    def mark_failed(self, stage: str, step: int | None, error: str, retryable: bool = False) -> None:
+        """`retryable`: interrupted from outside, so the pipeline may resubmit it by itself."""
+        atomic.write_json(self.marker(stage, step, "failed"), {"failed": time.time(), "error": error,
+                                                               "retryable": retryable, "log": str(self.log(stage, step))})
 
     def failure(self, stage: str, step: int | None = None) -> dict | None:
         path = self.marker(stage, step, "failed")

@@ -12,13 +12,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
 from diffusion import atomic
 from diffusion.config import to_dict
 
-from .layout import RunLayout
+from .layout import RunLayout, task_name
 from .spec import JobSpec, load_frozen
 
 
@@ -26,28 +27,64 @@ class StageError(RuntimeError):
     pass
 
 
+class Interrupted(StageError):
+    """The task was stopped from outside (a signal, its time limit): running it again continues it."""
+
+
 def layout_of(run_dir: str | Path) -> RunLayout:
     run_dir = Path(run_dir)
     return RunLayout(run_dir.parent, run_dir.name)
 
 
+def current_job_id() -> str | None:
+    """The scheduler's id of the job running this code (None outside a submitit job)."""
+    try:
+        import submitit
+
+        return str(submitit.JobEnvironment().job_id)
+    except RuntimeError:
+        return None
+
+
 def run_task(run_dir: str, stage: str, step: int | None = None) -> str:
-    """Run one task of a stage unless it is done; its output goes to the task's log file."""
+    """Run one task of a stage unless it is done, or another job now carries it (this one was
+    superseded); its output goes to the task's log file."""
+    from .jobs import Registry, started_marker
+
     layout = layout_of(run_dir)
     if layout.is_done(stage, step):
         return "skipped"
+    name = task_name(stage, step)
+    job_id = current_job_id()
+    if job_id is not None:
+        current = Registry(layout).job_id(name)
+        if current is not None and current != job_id:
+            return f"superseded by job {current}"
+        atomic.write_json(started_marker(layout, name, job_id), {"started": time.time(), "host": os.uname().nodename})
+    layout.marker(stage, step, "failed").unlink(missing_ok=True)  # an earlier attempt's; its traceback stays in the log
     spec = load_frozen(layout.spec)
+    offline_environment(layout)
     log = layout.log(stage, step)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as log_file, contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
+        print(f"[pipeline] {name} started on {os.uname().nodename} (job {job_id})", flush=True)
         try:
             info = STAGES[stage](layout, spec, step, log_file)
         except BaseException as err:
             traceback.print_exc()
-            layout.mark_failed(stage, step, f"{type(err).__name__}: {err}")
+            layout.mark_failed(stage, step, f"{type(err).__name__}: {err}",
+                               retryable=isinstance(err, Interrupted) or isinstance(err, KeyboardInterrupt))
             raise
     layout.mark_done(stage, step, **(info or {}))
     return "done"
+
+
+def offline_environment(layout: RunLayout) -> None:
+    """Compute nodes often have no internet: models and datasets come from the results root's
+    cache, filled on the login node at submit time (pipeline.prefetch)."""
+    from .prefetch import cache_environment
+
+    os.environ.update(cache_environment(layout.root, offline=True))
 
 
 def preprocess(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
@@ -71,11 +108,14 @@ def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
         env.setdefault("OMP_NUM_THREADS", str(max(1, res.cpus // ranks)))
     log.flush()
     proc = subprocess.run([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode < 0 or proc.returncode in (128 + 9, 128 + 15):  # a rank killed by a signal
+        raise Interrupted(f"training was killed (exit {proc.returncode}); the pipeline resubmits it and it resumes")
     if proc.returncode != 0:
         raise StageError(f"training exited with code {proc.returncode}; see {layout.log('train')}")
     final = layout.checkpoint(spec.train.steps)
     if not (final / "meta.json").is_file():
-        raise StageError(f"training stopped before step {spec.train.steps} (time limit?); submitting again resumes it")
+        raise Interrupted(f"training stopped before step {spec.train.steps} (its time limit); "
+                          "the pipeline resubmits it and it resumes from the last checkpoint")
     return {"checkpoint": str(final)}
 
 

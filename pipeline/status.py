@@ -1,19 +1,22 @@
-"""What a run is doing, read from its folder alone: markers, the trainer's heartbeat and the driver.
+"""What a run is doing: its markers, its jobs' states from one scheduler query, the trainer's heartbeat.
 
-    state of a task:  done | failed | running | queued
-    state of a run:   done (aggregate done) | failed (a task failed, or the driver died) |
-                      running (driver alive) | queued (submitted, nothing started)
+    state of a task:  done | running | queued (its job waits) | waiting (no job yet: inputs not ready)
+                      | failed (its own error, or given up after repeated kills) | blocked (a prerequisite failed)
+                      | cancelled
+    state of a run:   done | running | queued | failed (nothing can go on without `pipeline retry`)
+                      | cancelled | stopped (local executor: its loop is gone; submit again to go on)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
-from .driver import tasks_of
-from .layout import STAGES, RunLayout, task_name
+from .jobs import Registry, attempts
+from .layout import STAGES, RunLayout
+from .plan import prerequisites, tasks
+from .schedulers import is_live
 from .spec import load_frozen
 
 
@@ -37,60 +40,78 @@ def training_progress(layout: RunLayout) -> dict | None:
             "eta_s": beat["eta_s"], "tokens_per_s": beat["tokens_per_s"], "age_s": time.time() - beat["time"]}
 
 
-def run_status(layout: RunLayout) -> dict:
+def local_loop_alive(layout: RunLayout) -> bool:
+    loop = layout.read_json(layout.state / "driver.json")
+    return bool(loop) and process_alive(loop["pid"])
+
+
+def run_status(layout: RunLayout, report: dict) -> dict:
+    """`report`: what pipeline.advance.advance returned for this run (its states come from one query)."""
     spec = load_frozen(layout.spec)
-    driver = layout.read_json(layout.state / "driver.json")
-    driver_alive = bool(driver) and process_alive(driver["pid"])
+    registry = Registry(layout)
+    states, given_up = report["states"], report.get("given_up", {})
     cancelled = (layout.state / "cancelled").is_file()
-    stages, failures, current = [], [], None
+    by_name, failures = {}, []
+    for task in tasks(spec):
+        entry = registry.current(task.name)
+        job_state = states.get(entry["job_id"]) if entry else None
+        failure = layout.failure(task.stage, task.step)
+        if layout.is_done(task.stage, task.step):
+            state = "done"
+        elif job_state and is_live(job_state):
+            state = "running" if job_state in ("RUNNING", "COMPLETING") else "queued"
+        elif failure and not failure.get("retryable"):
+            state = "failed"
+            failures.append({"task": task.name, **failure})
+        elif task.name in given_up:
+            state = "failed"
+            failures.append({"task": task.name, "log": str(layout.log(task.stage, task.step)),
+                             "error": f"started {given_up[task.name]} times and killed each time (last job state "
+                                      f"{job_state or 'unknown'}); `pipeline retry` tries again"})
+        elif cancelled:
+            state = "cancelled"
+        elif any(by_name.get(p.name, {}).get("state") in ("failed", "blocked") for p in prerequisites(task, spec)):
+            state = "blocked"
+        else:
+            state = "waiting"
+        by_name[task.name] = {"task": task.name, "stage": task.stage, "step": task.step, "state": state,
+                              "job": entry["job_id"] if entry else None, "job_state": job_state,
+                              "starts": attempts(layout, task.name)}
+    stages = []
     for stage in STAGES:
-        tasks = []
-        for step in tasks_of(spec, stage):
-            if layout.is_done(stage, step):
-                state = "done"
-            elif (failure := layout.failure(stage, step)) is not None:
-                state = "failed"
-                failures.append({"task": task_name(stage, step), **failure})
-            elif driver_alive and current is None:
-                state, current = "running", stage
-            elif driver_alive and current == stage and stage != "train":
-                state = "running" if _log_started(layout, stage, step) else "queued"
-            else:
-                state = "queued"
-            tasks.append({"task": task_name(stage, step), "step": step, "state": state})
-        done = sum(t["state"] == "done" for t in tasks)
-        entry = {"stage": stage, "done": done, "total": len(tasks), "tasks": tasks,
-                 "state": _stage_state([t["state"] for t in tasks])}
+        rows = [row for row in by_name.values() if row["stage"] == stage]
+        entry = {"stage": stage, "done": sum(r["state"] == "done" for r in rows), "total": len(rows), "tasks": rows,
+                 "state": _stage_state([r["state"] for r in rows])}
         if stage == "train":
             entry["progress"] = training_progress(layout)
         stages.append(entry)
-    if stages[-1]["state"] == "done":
+    every = [row["state"] for row in by_name.values()]
+    if all(s == "done" for s in every):
         state = "done"
-    elif failures or cancelled:
-        state = "failed"
-    elif driver_alive:
+    elif cancelled:
+        state = "cancelled"
+    elif "running" in every:
         state = "running"
-    elif driver is None:
+    elif "queued" in every:
         state = "queued"
-    else:  # the driver is gone without finishing or recording a failure: killed
+    elif failures:
         state = "failed"
-        failures.append({"task": "driver", "error": "the driver process exited before the study finished",
-                         "log": str(layout.dir / "logs" / "driver.log")})
-    return {"run": layout.run_id, "state": state, "dir": str(layout.dir), "stages": stages, "failures": failures,
-            "cancelled": cancelled}
-
-
-def _log_started(layout: RunLayout, stage: str, step) -> bool:
-    return layout.log(stage, step).is_file()
+    elif report.get("executor") == "local" and not local_loop_alive(layout):
+        state = "stopped"
+    else:
+        state = "queued"  # the next advance submits what is waiting
+    return {"run": layout.run_id, "state": state, "dir": str(layout.dir), "executor": report.get("executor"),
+            "stages": stages, "failures": failures, "submitted": report.get("submitted", []),
+            "scheduler_queries": 1 if report["states"] else 0}
 
 
 def _stage_state(states: list[str]) -> str:
-    for state in ("failed", "running"):
+    for state in ("failed", "running", "blocked", "cancelled"):
         if state in states:
             return state
     if all(s == "done" for s in states):
         return "done"
-    return "running" if "done" in states else "queued"
+    return "running" if "done" in states else ("queued" if "queued" in states else "waiting")
 
 
 def list_runs(root: Path) -> list[RunLayout]:
@@ -105,7 +126,3 @@ def format_eta(seconds: float | None) -> str:
     minutes, s = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{s:02d}s"
-
-
-def to_json(status: dict) -> str:
-    return json.dumps(status, indent=2)
