@@ -65,7 +65,9 @@ class LossAwareSampler(UniformSampler):
         # rank of each item among the items of the same timestep, in order
         order = torch.sort(t, stable=True).indices
         t_sorted = t[order]
-        n_per_t = torch.bincount(t_sorted, minlength=self.num_steps)
+        # not bincount: on CUDA it reads the largest value back to the host
+        n_per_t = torch.zeros(self.num_steps, dtype=torch.long, device=t.device)
+        n_per_t.index_add_(0, t_sorted, torch.ones_like(t_sorted))
         group_start = torch.cumsum(n_per_t, 0) - n_per_t
         rank_in_group = torch.arange(len(t), device=t.device) - group_start[t_sorted]
         # only the last `history` items of a timestep survive; earlier ones would be overwritten anyway
