@@ -84,14 +84,15 @@ class Denoiser(nn.Module):
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """(B, L, embed_dim) -> (B, L, vocab) token logits."""
-        return self.lm_head(z)
+        return self.lm_head(z.to(self.lm_head.weight.dtype))
 
     def forward(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Predict z_0 from z_t (B, L, embed_dim) at (rescaled) timesteps (B,)."""
         length = z_t.shape[1]
-        time = self.time_embed(timestep_embedding(timesteps, self.cfg.time_embed_dim))  # (B, hidden)
+        dtype = self.lm_head.weight.dtype  # float32; bfloat16 when sampling with bf16 weights
+        time = self.time_embed(timestep_embedding(timesteps, self.cfg.time_embed_dim).to(dtype))  # (B, hidden)
         positions = self.position_embedding.weight[:length]  # (L, hidden)
-        h = self.up_proj(z_t) + positions[None] + time[:, None, :]
+        h = self.up_proj(z_t.to(dtype)) + positions[None] + time[:, None, :]
         h = F.dropout(self.input_norm(h), self.cfg.dropout, self.training)
         for layer in self.layers:
             h = layer(h)

@@ -58,7 +58,7 @@ def sample_tokens(
     """
     if noising not in ("target", "full") or full_mode not in ("conditional", "joint"):
         raise ValueError(f"unknown sampling mode noising={noising!r} full_mode={full_mode!r}")
-    emb = denoiser.embed(input_ids)  # (B, L, D), the clean embedding
+    emb = denoiser.embed(input_ids).float()  # (B, L, D), the clean embedding; the state z stays fp32
     embedding = denoiser.word_embedding.weight
 
     def randn_like(x):
