@@ -33,7 +33,7 @@ class DiffusionObjective(nn.Module):
     """The module DeepSpeed trains: denoiser + loss. forward() returns the per-sequence loss terms."""
 
     def __init__(self, denoiser: Denoiser, schedule: Schedule, noising: str, rescale_timesteps: bool = True,
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None, compile: bool = False):
         super().__init__()
         if noising not in ("target", "full"):
             raise ValueError(f"unknown noising mode {noising!r}; choose target or full")
@@ -44,6 +44,10 @@ class DiffusionObjective(nn.Module):
         # autocast is entered here, inside the module: DeepSpeed's engine.forward turns off an
         # autocast entered around it unless its own torch_autocast option is set
         self.autocast_dtype = autocast_dtype
+        # torch.compile of the whole loss (denoiser + cross-entropy over the vocabulary) fuses the
+        # LayerNorms, GELUs, dropouts, casts and the softmax into few kernels; a plain attribute,
+        # not a submodule, so the state dict keeps its names
+        self._compiled = torch.compile(self.autocast_loss_terms) if compile else None
 
     def noised(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor):
         """(embedding, z_0, z_t) of a batch, each (B, L, D), under this noising mode."""
@@ -57,6 +61,11 @@ class DiffusionObjective(nn.Module):
         return emb, z_0, z_t
 
     def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._compiled is not None:
+            return self._compiled(input_ids, input_mask, t)
+        return self.autocast_loss_terms(input_ids, input_mask, t)
+
+    def autocast_loss_terms(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         enabled = self.autocast_dtype is not None
         with torch.autocast(input_ids.device.type, dtype=self.autocast_dtype, enabled=enabled):
             return self.loss_terms(input_ids, input_mask, t)

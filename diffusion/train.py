@@ -57,6 +57,10 @@ def uses_bf16(cfg: Config, device: torch.device) -> bool:
     return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
 
 
+def uses_compile(cfg: Config, device: torch.device) -> bool:
+    return cfg.train.compile and device.type == "cuda" and cfg.train.zero_stage < 3
+
+
 def learning_rate_factor(cfg: Config):
     steps = cfg.train.steps
     if cfg.train.lr_schedule == "constant":
@@ -94,7 +98,7 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
     denoiser = Denoiser(cfg.model)
     n_parameters = count_parameters(denoiser)  # before ZeRO-3 partitions them
     objective = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising, cfg.diffusion.rescale_timesteps,
-                                   torch.bfloat16 if uses_bf16(cfg, env.device) else None)
+                                   torch.bfloat16 if uses_bf16(cfg, env.device) else None, uses_compile(cfg, env.device))
     optimizer = torch.optim.AdamW(
         objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
         fused=tc.fused_optimizer and env.device.type == "cuda",
@@ -116,7 +120,8 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
     last_step = min(tc.steps, stop_after) if stop_after is not None else tc.steps
     if env.is_main:
         print(f"[train] {n_parameters / 1e6:.1f} M parameters, {env.world_size} rank(s) on "
-              f"{env.device.type}, ZeRO-{tc.zero_stage}, {'bf16' if uses_bf16(cfg, env.device) else 'fp32'}, "
+              f"{env.device.type}, ZeRO-{tc.zero_stage}, {'bf16' if uses_bf16(cfg, env.device) else 'fp32'}"
+              f"{', compiled' if uses_compile(cfg, env.device) else ''}, micro-batch {tc.micro_batch_size}, "
               f"step {step} -> {last_step}", flush=True)
 
     def save(at_step: int):
