@@ -1,12 +1,14 @@
 """Throughput benchmark of the QQP recipe: prints one JSON object.
 
-    python -m diffusion.bench [--layers 12 --hidden 768 ...] [--tiny]          # 1 process
+    python -m diffusion.bench [--micro-batch 512 --no-compile ...] [--tiny]     # 1 process
     torchrun --nproc_per_node N -m diffusion.bench --zero-stage 2              # N ranks
 
 Measures, on random token ids of full length (as DiffuSeq's own figures were taken):
 - train: tokens/s of full DeepSpeed steps (batch_size sequences per rank in micro-batches),
-  achieved TFLOP/s (6 x parameters x tokens) and its share of --peak-tflops;
-- sample: sentences/s of reverse steps with per-step rounding, extrapolated to T steps;
+  achieved TFLOP/s (6 x parameters x tokens) and its share of --peak-tflops and of the bf16
+  matmul peak measured on this card;
+- sample: sentences/s of reverse steps with per-step rounding, extrapolated to T steps, and the
+  time of the rounding alone;
 - peak GPU memory of each.
 """
 
@@ -23,10 +25,10 @@ from . import distributed
 from .config import Config, DiffusionConfig, ModelConfig, TrainConfig
 from .model import Denoiser, count_parameters
 from .objective import DiffusionObjective
-from .sampling import sample_tokens
+from .sampling import nearest_embedding, sample_tokens
 from .schedule import Schedule
 from .timesteps import make_sampler
-from .train import deepspeed_config, uses_bf16
+from .train import deepspeed_config, uses_bf16, uses_compile
 
 
 def sync(device):
@@ -34,41 +36,81 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_train(cfg: Config, env, steps: int, warmup: int, profile: bool = False) -> dict:
+def peak_memory_gib(device):
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def matmul_tflops(device, n: int = 8192, reps: int = 30) -> float | None:
+    """bf16 dense matmul TFLOP/s this card reaches (the 'measured peak')."""
+    if device.type != "cuda":
+        return None
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(5):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def profile_summary(prof) -> dict:
+    """Counts of the host-side calls that stall a step (syncs, copies) in one profiled step."""
+    counts = {}
+    for event in prof.key_averages():
+        if any(key in event.key for key in ("Synchronize", "cudaMemcpy", "ncclDevKernel", "aten::item")):
+            counts[event.key] = {"calls": event.count, "host_ms": event.cpu_time_total / 1e3}
+    return counts
+
+
+def bench_train(cfg: Config, env, steps: int, warmup: int, zero_overrides: dict, profile: bool = False) -> dict:
     import deepspeed
 
     torch.manual_seed(0)
     schedule = Schedule.named(cfg.diffusion.schedule, cfg.diffusion.steps)
     objective = DiffusionObjective(Denoiser(cfg.model), schedule, cfg.diffusion.noising,
-                                   autocast_dtype=torch.bfloat16 if uses_bf16(cfg, env.device) else None)
+                                   autocast_dtype=torch.bfloat16 if uses_bf16(cfg, env.device) else None,
+                                   compile=uses_compile(cfg, env.device))
+    n_parameters = count_parameters(objective)
     optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=cfg.train.fused_optimizer and env.device.type == "cuda")
-    engine, *_ = deepspeed.initialize(model=objective, optimizer=optimizer, config=deepspeed_config(cfg, env.world_size))
+    ds_config = deepspeed_config(cfg, env.world_size)
+    ds_config["zero_optimization"].update(zero_overrides)
+    engine, *_ = deepspeed.initialize(model=objective, optimizer=optimizer, config=ds_config)
     sampler = make_sampler(cfg.diffusion.timestep_sampler, schedule.num_steps, env.device)
     tc, L = cfg.train, cfg.data.seq_len
     accumulation = tc.batch_size // tc.micro_batch_size
     ids = torch.randint(4, cfg.model.vocab_size, (tc.micro_batch_size, L), device=env.device)
     mask = torch.zeros_like(ids)
     mask[:, L // 2 :] = 1
+    loss_sum = torch.zeros((), device=env.device)
 
-    def step():
+    def step():  # as diffusion.train's loop
         for _ in range(accumulation):
             t, w = sampler.sample(ids.shape[0])
             terms = engine(ids, mask, t)
             sampler.update(t, terms["loss"])
             engine.backward((terms["loss"] * w).mean())
             engine.step()
+            loss_sum.add_(terms["loss"].detach().mean())
 
+    start = time.perf_counter()
+    step()  # the first step compiles
+    sync(env.device)
+    first_step_s = time.perf_counter() - start
     for _ in range(warmup):
         step()
     sync(env.device)
-    if profile and env.is_main:
+    result = {}
+    if profile:
         from torch.profiler import ProfilerActivity, profile as torch_profile
 
         with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             step()
             sync(env.device)
-        for key in ("self_cuda_time_total", "self_cpu_time_total"):
-            print(prof.key_averages().table(sort_by=key, row_limit=12), flush=True)
+        result["profile"] = profile_summary(prof)
+        if env.is_main:
+            print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15), flush=True)
     if env.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(env.device)
     start = time.perf_counter()
@@ -79,24 +121,34 @@ def bench_train(cfg: Config, env, steps: int, warmup: int, profile: bool = False
     tokens_per_s = tc.batch_size * L / seconds  # per rank
     return {"s_per_step": seconds, "tokens_per_s_per_gpu": tokens_per_s,
             "tokens_per_s_total": tokens_per_s * env.world_size,
-            "tflops_per_gpu": 6 * count_parameters(objective) * tokens_per_s / 1e12,
-            "peak_memory_gib": torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else None}
+            "tflops_per_gpu": 6 * n_parameters * tokens_per_s / 1e12, "peak_memory_gib": peak_memory_gib(env.device),
+            "first_step_s": first_step_s, "compiled": uses_compile(cfg, env.device),
+            "fused_optimizer": cfg.train.fused_optimizer and env.device.type == "cuda", "zero_optimization": ds_config["zero_optimization"],
+            "loss": loss_sum.item() / ((1 + warmup + steps) * accumulation), **result}
 
 
 @torch.no_grad()
-def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int) -> dict:
+def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int, compile: bool, weights: str) -> dict:
+    """Reverse steps with rounding at every step. weights: fp32 under bf16 autocast, or bf16 (no autocast)."""
     torch.manual_seed(0)
     denoiser = Denoiser(cfg.model).to(device).eval()
+    bf16 = device.type == "cuda" and weights == "fp32"
+    if weights == "bf16":
+        denoiser = denoiser.to(torch.bfloat16)
+    if compile and device.type == "cuda":
+        denoiser.compile()
     L = cfg.data.seq_len
     ids = torch.randint(4, cfg.model.vocab_size, (batch, L), device=device)
     mask = torch.zeros_like(ids)
     mask[:, L // 2 :] = 1
     # a schedule of `steps` steps costs the same per step as the full one
     schedule = Schedule.named(cfg.diffusion.schedule, cfg.diffusion.steps).respaced(steps)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    start = time.perf_counter()
     with autocast:
-        sample_tokens(denoiser, schedule.respaced(2), ids, mask)  # warm-up
+        sample_tokens(denoiser, schedule.respaced(2), ids, mask)  # warm-up (and compilation)
     sync(device)
+    warmup_s = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -104,9 +156,20 @@ def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int) 
         sample_tokens(denoiser, schedule, ids, mask)
     sync(device)
     per_step = (time.perf_counter() - start) / schedule.num_steps
-    return {"batch": batch, "s_per_reverse_step": per_step,
+    # the rounding alone, on a prediction of the same shape
+    z = torch.randn(batch, L, cfg.model.embed_dim, device=device)
+    with autocast:
+        nearest_embedding(z, denoiser.word_embedding.weight)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(5):
+            nearest_embedding(z, denoiser.word_embedding.weight)
+        sync(device)
+    rounding = (time.perf_counter() - start) / 5
+    return {"batch": batch, "weights": weights, "compiled": compile and device.type == "cuda",
+            "s_per_reverse_step": per_step, "s_rounding_per_step": rounding,
             "sentences_per_s_at_T": batch / (per_step * total_steps), "T": total_steps,
-            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+            "warmup_s": warmup_s, "peak_memory_gib": peak_memory_gib(device)}
 
 
 def main(argv=None) -> None:
@@ -114,17 +177,23 @@ def main(argv=None) -> None:
     p.add_argument("--tiny", action="store_true", help="a tiny model (CI checks that the benchmark runs)")
     p.add_argument("--vocab", type=int, default=30522)
     p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--micro-batch", type=int, default=64)
+    p.add_argument("--micro-batch", type=int, default=512)
     p.add_argument("--zero-stage", type=int, default=2)
+    p.add_argument("--zero", type=json.loads, default={}, metavar="JSON",
+                   help='extra DeepSpeed zero_optimization keys, e.g. \'{"reduce_scatter": false}\'')
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--fused-optimizer", action="store_true")
+    p.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile (GPU only)")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--sample-batch", type=int, default=512)
+    p.add_argument("--warmup", type=int, default=1, help="steps after the first (compiling) one, before timing")
+    p.add_argument("--sample-batch", type=int, default=2048)
     p.add_argument("--sample-steps", type=int, default=20, help="reverse steps timed (extrapolated to T)")
+    p.add_argument("--sample-weights", default="fp32", choices=["fp32", "bf16"],
+                   help="fp32 weights under bf16 autocast (as diffusion.sample), or bf16 weights")
     p.add_argument("--peak-tflops", type=float, default=800.0, help="bf16 dense peak of the card, for the share")
+    p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-sample", action="store_true")
-    p.add_argument("--profile", action="store_true", help="print torch.profiler tables of one training step")
+    p.add_argument("--profile", action="store_true", help="profile one training step (tables and sync counts)")
     args = p.parse_args(argv)
     model = ModelConfig(vocab_size=args.vocab)
     if args.tiny:
@@ -132,16 +201,21 @@ def main(argv=None) -> None:
     cfg = Config(model=model, diffusion=DiffusionConfig(),
                  train=TrainConfig(batch_size=args.batch_size, micro_batch_size=args.micro_batch,
                                    zero_stage=args.zero_stage, precision=args.precision,
-                                   fused_optimizer=args.fused_optimizer))
+                                   fused_optimizer=args.fused_optimizer, compile=args.compile))
     env = distributed.setup()
     result = {"device": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu",
               "world_size": env.world_size, "zero_stage": args.zero_stage, "torch": torch.__version__,
               "parameters": count_parameters(Denoiser(model)), "precision": "bf16" if uses_bf16(cfg, env.device) else "fp32",
               "batch_size_per_gpu": args.batch_size, "micro_batch": args.micro_batch, "seq_len": cfg.data.seq_len}
-    result["train"] = bench_train(cfg, env, args.steps, args.warmup, args.profile)
-    result["train"]["share_of_peak"] = result["train"]["tflops_per_gpu"] / args.peak_tflops
+    measured_peak = matmul_tflops(env.device)
+    result["measured_bf16_matmul_tflops"] = measured_peak
+    if not args.skip_train:
+        train = result["train"] = bench_train(cfg, env, args.steps, args.warmup, args.zero, args.profile)
+        train["share_of_peak"] = train["tflops_per_gpu"] / args.peak_tflops
+        train["share_of_measured_peak"] = train["tflops_per_gpu"] / measured_peak if measured_peak else None
     if env.is_main and not args.skip_sample:
-        result["sample"] = bench_sample(cfg, env.device, args.sample_batch, args.sample_steps, cfg.diffusion.steps)
+        result["sample"] = bench_sample(cfg, env.device, args.sample_batch, args.sample_steps, cfg.diffusion.steps,
+                                        args.compile, args.sample_weights)
     distributed.barrier()
     if env.is_main:
         print(json.dumps(result), flush=True)
