@@ -46,5 +46,16 @@ def prerequisites(task: Task, spec: JobSpec) -> list[Task]:
 def inputs_ready(layout: RunLayout, task: Task, spec: JobSpec) -> bool:
     """True when the task can start now without waiting for any other job."""
     if task.stage == "sample":
-        return (layout.checkpoint(task.step) / "meta.json").is_file()  # renamed into place only when complete
+        return checkpoint_complete(layout, task.step)
     return all(layout.is_done(p.stage, p.step) for p in prerequisites(task, spec))
+
+
+def checkpoint_complete(layout: RunLayout, step: int) -> bool:
+    """Renamed into place only when complete, and every file of its manifest has its size."""
+    from diffusion.checkpoint import CheckpointError, verify
+
+    try:
+        verify(layout.checkpoint(step))
+        return True
+    except (CheckpointError, OSError, KeyError):
+        return False

@@ -97,6 +97,7 @@ def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
     """Start the trainer: one process, or one rank per GPU (or per `ranks` on CPU) on this node."""
     res = spec.resources.train
     ranks = res.gpus if res.gpus > 0 else res.ranks
+    set_aside_corrupt_checkpoints(layout)
     args = ["-m", "diffusion.train", str(layout.config), str(layout.dir), "--data-dir", str(layout.data)]
     if spec.train.time_limit_s is None:
         # checkpoint before the job's own time limit rather than trust a signal to arrive in time
@@ -119,8 +120,29 @@ def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
     return {"checkpoint": str(final)}
 
 
+def set_aside_corrupt_checkpoints(layout: RunLayout) -> None:
+    """A complete-looking checkpoint that fails its check (truncated, a file missing) is renamed
+    aside, never deleted, so that training resumes from the one before and writes it again."""
+    from diffusion import checkpoint
+
+    for step, folder in reversed(checkpoint.complete_steps(layout.checkpoints)):
+        try:
+            checkpoint.verify(folder)
+            return  # the trainer resumes from this one
+        except checkpoint.CheckpointError as err:
+            aside = folder.with_name(f".{folder.name}.corrupt-{int(time.time())}")
+            folder.rename(aside)
+            print(f"[pipeline] {err}: set aside as {aside.name}; training resumes from the checkpoint before", flush=True)
+
+
 def sample(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:
+    from diffusion.checkpoint import CheckpointError, verify
     from diffusion.sample import run
+
+    try:
+        verify(layout.checkpoint(step))
+    except CheckpointError as err:  # training sets a corrupt checkpoint aside and writes it again
+        raise Interrupted(f"{err}; this task runs again once training has rewritten it") from None
 
     split = layout.data / f"{spec.evaluate.split}.jsonl"
     if not split.is_file():
