@@ -70,7 +70,6 @@ def advance(layout: RunLayout, executor: str | None = None, submit: bool = True)
             live_job[task.name] = "(planned)"
         report["submitted"] = _submit(layout, spec, executor, plan, registry, live_job)
         cancel(executor, report["superseded"])  # pending and replaced; they would exit at once anyway
-        registry.save()
         return report
 
 

@@ -76,6 +76,6 @@ def cancel(executor: str, job_ids: list[str]) -> None:
     if executor == "slurm":
         subprocess.run(["scancel", *job_ids], check=False, capture_output=True)
         return
-    from .pjm import pjm_id
+    from .pjm import pjm_job_id
 
-    subprocess.run(["pjdel", *map(pjm_id, job_ids)], check=False, capture_output=True)
+    subprocess.run(["pjdel", *map(pjm_job_id, job_ids)], check=False, capture_output=True)

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from .jobs import Registry, attempts
+from .jobs import Registry, attempts, started_marker
 from .layout import STAGES, RunLayout
 from .plan import prerequisites, tasks
 from .schedulers import is_live
@@ -59,7 +59,9 @@ def run_status(layout: RunLayout, report: dict) -> dict:
         if layout.is_done(task.stage, task.step):
             state = "done"
         elif job_state and is_live(job_state):
-            state = "running" if job_state in ("RUNNING", "COMPLETING") else "queued"
+            # PJM's history query cannot tell queued from running: the job's own start marker can
+            running = job_state in ("RUNNING", "COMPLETING") or started_marker(layout, task.name, entry["job_id"]).is_file()
+            state = "running" if running else "queued"
         elif failure and not failure.get("retryable"):
             state = "failed"
             failures.append({"task": task.name, **failure})

@@ -59,7 +59,7 @@ def test_resubmitting_a_finished_run_skips_everything(finished_runs):
     before = {p: p.stat().st_mtime_ns for p in run.dir.rglob("*") if p.is_file() and "logs" not in p.parts}
     started = time.monotonic()
     proc = pipeline("submit", "jobs/demo_target.yaml", *SMALL, "--wait", root=finished_runs)
-    assert "finished stages are skipped" in proc.stdout
+    assert "finished tasks are skipped" in proc.stdout
     assert time.monotonic() - started < 60
     after = {p: p.stat().st_mtime_ns for p in before}
     changed = [p for p in before if after[p] != before[p] and p.name != "driver.json"]
@@ -95,7 +95,7 @@ def test_score_command_prints_the_protocol_metrics(finished_runs, tmp_path):
 def test_a_training_job_killed_mid_write_leaves_no_completion_marker(tmp_path):
     root = tmp_path / "runs"
     slow = ["--set", "train.steps=400", "--set", "train.save_every=20", "--set", "train.log_every=5"]
-    pipeline("submit", "jobs/demo_target.yaml", *SMALL, *slow, root=root)  # detached driver
+    pipeline("submit", "jobs/demo_target.yaml", *SMALL, *slow, root=root)  # the detached local loop
     run = RunLayout(root, "demo-target")
     deadline = time.monotonic() + 240
     while not list(run.checkpoints.glob("step_*")) and time.monotonic() < deadline:
@@ -106,7 +106,7 @@ def test_a_training_job_killed_mid_write_leaves_no_completion_marker(tmp_path):
     time.sleep(1)
     assert not run.is_done("train")
     st = status(root, "demo-target")
-    assert st["state"] == "failed" and st["stages"][1]["state"] != "done"
+    assert st["state"] == "stopped" and st["stages"][1]["state"] != "done"
     from diffusion import checkpoint
 
     for step, folder in checkpoint.complete_steps(run.checkpoints):
@@ -121,3 +121,13 @@ def test_run_ids_are_validated():
     for bad in ("../x", "a/b", "", ".hidden", "a..b"):
         with pytest.raises(LayoutError):
             RunLayout("/tmp", bad)
+
+
+def test_watch_and_retry_on_a_finished_run_do_nothing(finished_runs):
+    run = RunLayout(finished_runs, "demo-full")
+    jobs = (run.state / "jobs.json").read_text()
+    proc = pipeline("watch", "demo-full", "--interval", "1", root=finished_runs, timeout=120)
+    assert "demo-full: done" in proc.stdout
+    proc = pipeline("retry", "demo-full", root=finished_runs)
+    assert "no failed task to retry" in proc.stdout
+    assert (run.state / "jobs.json").read_text() == jobs  # nothing was submitted

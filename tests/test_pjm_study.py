@@ -1,0 +1,49 @@
+"""The demo study through PJM: the pipeline's PJM plugin talking to the stand-in pjsub/pjstat/pjdel
+(env/pjm-standins), which run every job for real on the local Slurm. PJM jobs cannot wait for one
+another, so `pipeline status` submits each stage when it becomes ready, with one pjstat a call."""
+
+import json
+import os
+import time
+
+import pytest
+
+from pipeline.layout import RunLayout
+from tests.helpers import REPO
+from tests.test_pipeline import SMALL, pipeline
+from tests.test_slurm import slurm_is_up
+
+pytestmark = pytest.mark.skipif(not slurm_is_up(), reason="no local Slurm for the PJM stand-ins: `bash env/local-slurm.sh up`")
+
+
+def pjm_calls(log, command: str) -> int:
+    if not log.exists():
+        return 0
+    return sum(json.loads(line)[0].endswith(command) for line in log.read_text().splitlines() if line.strip())
+
+
+def test_demo_study_runs_through_pjm_standins(tmp_path, monkeypatch):
+    log = tmp_path / "pjm.calls"
+    monkeypatch.setenv("PATH", f"{REPO / 'env' / 'pjm-standins'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PJM_STANDIN_LOG", str(log))
+    root = tmp_path / "runs"
+    proc = pipeline("submit", "jobs/demo_target.yaml", *SMALL, "--executor", "pjm", root=root)
+    assert "submitted: preprocess" in proc.stdout and "pipeline watch" in proc.stdout
+    assert pjm_calls(log, "pjsub") == 1  # only what is ready: PJM cannot chain jobs
+    run = RunLayout(root, "demo-target")
+    deadline = time.monotonic() + 900
+    while True:
+        before = pjm_calls(log, "pjstat")
+        st = json.loads(pipeline("status", "demo-target", "--json", root=root).stdout)
+        assert pjm_calls(log, "pjstat") - before <= 1, "a status call made more than one pjstat query"
+        assert st["state"] not in ("failed", "cancelled"), st["failures"]
+        if st["state"] == "done":
+            break
+        assert time.monotonic() < deadline, st
+        time.sleep(1)
+    assert (run.results / "table.md").read_text().count("DiffuSeq") == 4
+    scripts = "".join(p.read_text() for p in (run.dir / "logs" / "submitit").glob("*_submission.sh"))
+    assert "#PJM -L" in scripts and "--bulk" not in scripts  # bulk options go on pjsub's command line
+    pjsubs = [json.loads(line) for line in log.read_text().splitlines() if json.loads(line)[0].endswith("pjsub")]
+    assert any("--bulk" in call for call in pjsubs), "the sampling array was not one bulk job"
+    assert not list(run.state.glob("*.failed"))
