@@ -62,6 +62,12 @@ def cmd_submit(args) -> int:
     executor = args.executor or spec.site.executor
     layout = RunLayout(results_root(args, spec.site.results_root), spec.name)
     frozen = freeze(spec)
+    try:  # before anything is written: a spec that cannot run offline is refused whole
+        fetched = prefetch(spec, layout.root)
+    except PrefetchError as err:
+        raise UserError(str(err)) from None
+    if fetched:
+        console.print("cached for offline jobs: " + ", ".join(fetched))
     layout.dir.mkdir(parents=True, exist_ok=True)
     with run_lock(layout):  # two submits of one run at once: the second sees the first's inputs and jobs
         if layout.spec.is_file():
@@ -76,12 +82,6 @@ def cmd_submit(args) -> int:
                             f"continue it with --executor {registry.executor}")
         write_run_inputs(layout, spec, frozen)
         (layout.state / "cancelled").unlink(missing_ok=True)
-    try:
-        fetched = prefetch(spec, layout.root)
-    except PrefetchError as err:
-        raise UserError(str(err)) from None
-    if fetched:
-        console.print("cached for offline jobs: " + ", ".join(fetched))
     return start(layout, executor, args.wait)
 
 
