@@ -51,3 +51,13 @@ def run_module(module: str, *args, nproc: int = 1, timeout: int = 300) -> list[d
 
 def read_log(outdir: Path) -> list[dict]:
     return [json.loads(line) for line in (outdir / "train_log.jsonl").read_text().splitlines()]
+
+
+def slurm_is_up() -> bool:
+    """A local Slurm answers and its node takes jobs (busy counts: alloc, mix, completing)."""
+    import shutil
+
+    if not shutil.which("sinfo"):
+        return False
+    state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout.strip()
+    return state in ("idle", "mix", "alloc", "comp")

@@ -11,7 +11,6 @@ import math
 import operator
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -22,17 +21,10 @@ import submitit
 from submitit.core import job_environment, plugins, utils
 
 from pipeline import pjm
+from tests.helpers import REPO, slurm_is_up
 
-REPO = Path(__file__).resolve().parents[1]
 STANDINS = REPO / "env" / "pjm-standins"
 GOLDEN = Path(__file__).parent / "golden"
-
-
-def slurm_is_up() -> bool:  # as in test_slurm.py; "alloc": up, only busy
-    if not shutil.which("sinfo"):
-        return False
-    return subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout.strip() in (
-        "idle", "mix", "alloc")
 
 
 needs_slurm = pytest.mark.skipif(not slurm_is_up(), reason="no local Slurm: run `bash env/local-slurm.sh up` as root")

@@ -9,9 +9,8 @@ import time
 import pytest
 
 from pipeline.layout import RunLayout
-from tests.helpers import REPO
+from tests.helpers import REPO, slurm_is_up
 from tests.test_pipeline import SMALL, pipeline
-from tests.test_slurm import slurm_is_up
 
 pytestmark = pytest.mark.skipif(not slurm_is_up(), reason="no local Slurm for the PJM stand-ins: `bash env/local-slurm.sh up`")
 

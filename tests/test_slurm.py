@@ -12,14 +12,8 @@ import time
 import pytest
 
 from pipeline.layout import RunLayout
-from tests.helpers import REPO
+from tests.helpers import REPO, slurm_is_up
 from tests.test_pipeline import SMALL, pipeline
-
-
-def slurm_is_up() -> bool:
-    if not shutil.which("sinfo"):
-        return False
-    return subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout.strip() in ("idle", "mix")
 
 
 pytestmark = pytest.mark.skipif(not slurm_is_up(), reason="no local Slurm: run `bash env/local-slurm.sh up` as root")
