@@ -23,12 +23,18 @@ from .objective import keep_source
 from .schedule import Schedule
 
 
-def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, chunk_elements: int = 1 << 26) -> torch.Tensor:
+def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, chunk_elements: int = 1 << 26,
+                      fused: bool = True) -> torch.Tensor:
     """Token ids (...,) of the word embeddings nearest (L2) to z (..., D).
 
-    argmin_v |z - e_v|^2 = argmax_v (2 z.e_v - |e_v|^2); rows are processed in chunks so the
-    (rows, V) score matrix never exceeds `chunk_elements`.
+    argmin_v |z - e_v|^2 = argmax_v (2 z.e_v - |e_v|^2). On CUDA (with `fused`) one Triton kernel
+    scores bf16 x bf16 -> fp32 tiles and keeps the running argmax (kernels.py); elsewhere rows are
+    processed in chunks so the (rows, V) score matrix never exceeds `chunk_elements`.
     """
+    if fused and z.is_cuda and _fused_rounding_available(z.shape[-1]):
+        from . import kernels
+
+        return kernels.nearest_embedding(z, embedding)
     flat = z.reshape(-1, z.shape[-1]).to(embedding.dtype)
     sq_norms = embedding.pow(2).sum(-1)  # (V,)
     rows = max(1, chunk_elements // embedding.shape[0])
@@ -37,6 +43,14 @@ def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, chunk_elements: 
         scores = torch.addmm(sq_norms, flat[start : start + rows], embedding.t(), beta=-1, alpha=2)
         ids[start : start + rows] = scores.argmax(-1)
     return ids.view(z.shape[:-1])
+
+
+def _fused_rounding_available(dim: int) -> bool:
+    try:
+        from . import kernels
+    except ImportError:  # no Triton
+        return False
+    return kernels.supported(dim)
 
 
 @torch.no_grad()
