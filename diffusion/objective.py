@@ -29,6 +29,12 @@ def keep_source(z_t: torch.Tensor, z_source: torch.Tensor, input_mask: torch.Ten
     return torch.where(input_mask[..., None] == 0, z_source, z_t)
 
 
+# Inductor options for the compiled loss. fallback_random: dropout masks come from torch's own
+# (Philox4x32, four numbers a call) generator instead of Inductor's in-kernel one, which drew one
+# number a call and made each fused LayerNorm-dropout kernel compute-bound.
+COMPILE_OPTIONS = {"fallback_random": True}
+
+
 class DiffusionObjective(nn.Module):
     """The module DeepSpeed trains: denoiser + loss. forward() returns the per-sequence loss terms."""
 
@@ -47,7 +53,7 @@ class DiffusionObjective(nn.Module):
         # torch.compile of the whole loss (denoiser + cross-entropy over the vocabulary) fuses the
         # LayerNorms, GELUs, dropouts, casts and the softmax into few kernels; a plain attribute,
         # not a submodule, so the state dict keeps its names
-        self._compiled = torch.compile(self.autocast_loss_terms) if compile else None
+        self._compiled = torch.compile(self.autocast_loss_terms, options=COMPILE_OPTIONS) if compile else None
 
     def noised(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor):
         """(embedding, z_0, z_t) of a batch, each (B, L, D), under this noising mode."""
