@@ -37,12 +37,12 @@ def generate(denoiser, cfg, tokenizer, pairs: list[dict], seed: int, sample_cfg:
         schedule = schedule.respaced(sample_cfg.steps)
     input_ids, input_mask = encode_pairs(tokenizer, pairs, cfg.data.seq_len)
     generator = torch.Generator(device).manual_seed(seed)
-    bf16 = device.type == "cuda"
+    autocast = device.type == "cuda" and sample_cfg.weights == "fp32"  # bf16 weights need none
     rows = []
     for start in range(0, len(pairs), sample_cfg.batch_size):
         ids = input_ids[start : start + sample_cfg.batch_size].to(device)
         mask = input_mask[start : start + sample_cfg.batch_size].to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext():
+        with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext():
             tokens = sample_tokens(denoiser, schedule, ids, mask, cfg.diffusion.noising, sample_cfg.full_mode,
                                    sample_cfg.clamp_step, generator, cfg.diffusion.rescale_timesteps)
         for row_ids, row_mask, row_tokens in zip(ids.cpu(), mask.cpu(), tokens.cpu()):
@@ -69,6 +69,8 @@ def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None,
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
     cfg, denoiser, tokenizer = load_exported(checkpoint, device)
     sample_cfg = replace(cfg.sample, **(overrides or {}))
+    if device.type == "cuda" and sample_cfg.weights == "bf16":
+        denoiser = denoiser.to(torch.bfloat16)
     if sample_cfg.compile and device.type == "cuda":
         denoiser.compile()  # in place: fuses each reverse step's LayerNorms, GELUs and casts
     pairs = load_pairs(split, sample_cfg.max_examples)
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-examples", type=int)
     parser.add_argument("--full-mode", choices=["conditional", "joint"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the denoiser (GPU)")
+    parser.add_argument("--weights", choices=["bf16", "fp32"], help="GPU: bf16 weights, or fp32 under bf16 autocast")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
             "steps": args.steps, "clamp_step": args.clamp_step, "batch_size": args.batch_size,
             "max_examples": args.max_examples, "full_mode": args.full_mode, "compile": args.compile,
+            "weights": args.weights,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         summary = run(args.checkpoint, args.split, args.out, overrides, args.cpu)
