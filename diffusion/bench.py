@@ -21,11 +21,11 @@ from contextlib import nullcontext
 
 import torch
 
-from . import distributed
+from . import distributed, objective as objective_module
 from .config import Config, DiffusionConfig, ModelConfig, TrainConfig
 from .model import Denoiser, count_parameters
 from .objective import DiffusionObjective
-from .sampling import nearest_embedding, sample_tokens
+from .sampling import _fused_rounding_available, nearest_embedding, sample_tokens
 from .schedule import Schedule
 from .timesteps import make_sampler
 from .train import deepspeed_config, uses_bf16, uses_compile
@@ -123,6 +123,7 @@ def bench_train(cfg: Config, env, steps: int, warmup: int, zero_overrides: dict,
             "tokens_per_s_total": tokens_per_s * env.world_size,
             "tflops_per_gpu": 6 * n_parameters * tokens_per_s / 1e12, "peak_memory_gib": peak_memory_gib(env.device),
             "first_step_s": first_step_s, "compiled": uses_compile(cfg, env.device),
+            "compile_options": objective_module.COMPILE_OPTIONS if uses_compile(cfg, env.device) else None,
             "fused_optimizer": cfg.train.fused_optimizer and env.device.type == "cuda", "zero_optimization": ds_config["zero_optimization"],
             "loss": loss_sum.item() / ((1 + warmup + steps) * accumulation), **result}
 
@@ -132,7 +133,8 @@ def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int, 
     """Reverse steps with rounding at every step. weights: fp32 under bf16 autocast, or bf16 (no autocast)."""
     torch.manual_seed(0)
     denoiser = Denoiser(cfg.model).to(device).eval()
-    bf16 = device.type == "cuda" and weights == "fp32"
+    weights = weights if device.type == "cuda" else "fp32"  # as diffusion.sample: the CPU samples in fp32
+    use_autocast = device.type == "cuda" and weights == "fp32"
     if weights == "bf16":
         denoiser = denoiser.to(torch.bfloat16)
     if compile and device.type == "cuda":
@@ -143,7 +145,7 @@ def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int, 
     mask[:, L // 2 :] = 1
     # a schedule of `steps` steps costs the same per step as the full one
     schedule = Schedule.named(cfg.diffusion.schedule, cfg.diffusion.steps).respaced(steps)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else nullcontext()
     start = time.perf_counter()
     with autocast:
         sample_tokens(denoiser, schedule.respaced(2), ids, mask)  # warm-up (and compilation)
@@ -166,8 +168,15 @@ def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int, 
             nearest_embedding(z, denoiser.word_embedding.weight)
         sync(device)
     rounding = (time.perf_counter() - start) / 5
+    # the rounding's choices against fp32 scores (unfused torch), near the embeddings and far from them
+    embedding = denoiser.word_embedding.weight.float()
+    near = embedding[ids[:256]] + 0.1 * torch.randn(min(batch, 256), L, cfg.model.embed_dim, device=device)
+    agreement = {f"{name}": (nearest_embedding(x, embedding) == nearest_embedding(x, embedding, fused=False)).float().mean().item()
+                 for name, x in (("near", near), ("random", z[:256]))}
     return {"batch": batch, "weights": weights, "compiled": compile and device.type == "cuda",
             "s_per_reverse_step": per_step, "s_rounding_per_step": rounding,
+            "rounding_fused": device.type == "cuda" and _fused_rounding_available(cfg.model.embed_dim),
+            "rounding_agreement_with_fp32": agreement,
             "sentences_per_s_at_T": batch / (per_step * total_steps), "T": total_steps,
             "warmup_s": warmup_s, "peak_memory_gib": peak_memory_gib(device)}
 
@@ -184,17 +193,20 @@ def main(argv=None) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile (GPU only)")
+    p.add_argument("--fallback-random", action=argparse.BooleanOptionalAction,
+                   default=objective_module.COMPILE_OPTIONS["fallback_random"], help="dropout RNG of the compiled loss")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1, help="steps after the first (compiling) one, before timing")
     p.add_argument("--sample-batch", type=int, default=2048)
     p.add_argument("--sample-steps", type=int, default=20, help="reverse steps timed (extrapolated to T)")
-    p.add_argument("--sample-weights", default="fp32", choices=["fp32", "bf16"],
-                   help="fp32 weights under bf16 autocast (as diffusion.sample), or bf16 weights")
+    p.add_argument("--sample-weights", default="bf16", choices=["fp32", "bf16"],
+                   help="GPU: bf16 weights (diffusion.sample's default), or fp32 weights under bf16 autocast")
     p.add_argument("--peak-tflops", type=float, default=800.0, help="bf16 dense peak of the card, for the share")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-sample", action="store_true")
     p.add_argument("--profile", action="store_true", help="profile one training step (tables and sync counts)")
     args = p.parse_args(argv)
+    objective_module.COMPILE_OPTIONS["fallback_random"] = args.fallback_random
     model = ModelConfig(vocab_size=args.vocab)
     if args.tiny:
         model = ModelConfig(vocab_size=200, embed_dim=16, hidden_size=32, num_layers=2, num_heads=2, ffn_size=64)
