@@ -23,6 +23,9 @@ from .layout import RunLayout, task_name
 from .spec import JobSpec, load_frozen
 
 
+JOB_STARTED = time.time()  # about when this job's process started: the clock of its time limit
+
+
 class StageError(RuntimeError):
     pass
 
@@ -98,10 +101,16 @@ def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
     res = spec.resources.train
     ranks = res.gpus if res.gpus > 0 else res.ranks
     set_aside_corrupt_checkpoints(layout)
+    from diffusion import checkpoint
+
+    steps_before = [step for step, _ in checkpoint.complete_steps(layout.checkpoints)]
     args = ["-m", "diffusion.train", str(layout.config), str(layout.dir), "--data-dir", str(layout.data)]
     if spec.train.time_limit_s is None:
-        # checkpoint before the job's own time limit rather than trust a signal to arrive in time
-        args += ["--time-limit", str(res.time_min * 60 - 60)]
+        # checkpoint and stop before the job's own time limit rather than trust a signal to come in
+        # time (PJM: about 10 s between its warning and the kill): keep 10% of it, 2 to 10 minutes
+        limit = res.time_min * 60
+        left = limit - min(600, max(120, limit // 10)) - (time.time() - JOB_STARTED)
+        args += ["--time-limit", str(max(60, int(left)))]
     if ranks > 1:  # torchrun, not srun: the same command starts the ranks under PJM, which has no srun
         args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] + args
     env = dict(os.environ)
@@ -115,6 +124,10 @@ def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
         raise StageError(f"training exited with code {proc.returncode}; see {layout.log('train')}")
     final = layout.checkpoint(spec.train.steps)
     if not (final / "meta.json").is_file():
+        if [step for step, _ in checkpoint.complete_steps(layout.checkpoints)] != steps_before:
+            from .jobs import clear_attempts
+
+            clear_attempts(layout, "train")  # progress: a long training may need many job lengths
         raise Interrupted(f"training stopped before step {spec.train.steps} (its time limit); "
                           "the pipeline resubmits it and it resumes from the last checkpoint")
     return {"checkpoint": str(final)}
