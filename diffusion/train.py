@@ -43,7 +43,10 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
         "gradient_accumulation_steps": accumulation,
         "train_batch_size": t.micro_batch_size * accumulation * world_size,
         "gradient_clipping": t.grad_clip,
-        "zero_optimization": {"stage": t.zero_stage, "overlap_comm": t.zero_stage > 0, "contiguous_gradients": True},
+        # overlap_comm off below ZeRO-3: the whole model fits one reduce bucket, so there is nothing
+        # to overlap, and with it on ZeRO-2 syncs the device after every micro-batch (H200: 1.4 %
+        # faster on 1 GPU, 3.5 % on 2; BENCHMARKS.md); ZeRO-3 keeps it (measured with it on)
+        "zero_optimization": {"stage": t.zero_stage, "overlap_comm": t.zero_stage == 3, "contiguous_gradients": True},
         # fp32 master weights in the engine; bf16 comes from autocast inside the objective's forward
         "bf16": {"enabled": False},
         "fp16": {"enabled": False},
