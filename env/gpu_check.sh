@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The library's GPU check (issue 2), in one device call from the repo root:
 #   the QQP recipe (full-size model, bf16 autocast, ZeRO-2) on 1 GPU, stopped and resumed,
-#   then on 2 GPUs under torchrun, then one checkpoint sampled on one GPU (T = 2000).
+#   then on 2 GPUs under torchrun, then one checkpoint sampled on one GPU (T = 2000), then
+#   diffusion.bench on 1 and 2 GPUs (BENCH=0 skips it).
 # Needs .device/wheels (deepspeed and what the device image lacks) and .device/data (QQP jsonl),
 # both carried. Writes logs and figures under $OUT.
 set -euo pipefail
@@ -30,3 +31,9 @@ fi
 run sample env CUDA_VISIBLE_DEVICES=0 python3 -m diffusion.sample $W/one/checkpoints/step_$(printf %07d $STEPS2) \
   .device/data/valid.jsonl "$OUT/samples.jsonl" --max-examples ${SAMPLES:-512} --batch-size ${SAMPLES:-512}
 du -sh $W/one/checkpoints/* | tee -a "$OUT/checkpoints.txt"
+# throughput (issue 5): one JSON line each, appended to $OUT/bench.jsonl
+if [ "${BENCH:-1}" = 1 ]; then
+  run bench_1gpu env CUDA_VISIBLE_DEVICES=0 python3 -m diffusion.bench
+  [ "$NGPU" -ge 2 ] && run bench_2gpu torchrun --standalone --nproc_per_node 2 -m diffusion.bench --skip-sample
+  grep -h '^{' "$OUT"/bench_*.log >> "$OUT/bench.jsonl" || true
+fi
