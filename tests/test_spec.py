@@ -249,7 +249,7 @@ def test_shipped_specs_differ_only_in_mode():
         del d["name"], d["diffusion"]["noising"], d["evaluate"]["label"], d["sample"]["full_mode"]
     assert t == f
     assert full.checkpoint_steps() == [10000, 20000, 30000, 40000, 50000]
-    assert (full.train.batch_size, full.train.micro_batch_size, full.train.lr, full.train.ema_rate) == (2048, 64, 1e-4, 0.9999)
+    assert (full.train.batch_size, full.train.micro_batch_size, full.train.lr, full.train.ema_rate) == (2048, 512, 1e-4, 0.9999)
     assert (full.model.num_layers, full.model.embed_dim, full.data.seq_len) == (12, 128, 128)
     assert (full.diffusion.steps, full.diffusion.schedule, full.train.zero_stage) == (2000, "sqrt", 2)
     assert full.resources.train.gpus == 4 and full.sample.full_mode == "conditional"
