@@ -129,7 +129,8 @@ def bench_train(cfg: Config, env, steps: int, warmup: int, zero_overrides: dict,
 
 
 @torch.no_grad()
-def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int, compile: bool, weights: str) -> dict:
+def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int, compile: bool, weights: str,
+                 inductor: dict | None = None) -> dict:
     """Reverse steps with rounding at every step. weights: fp32 under bf16 autocast, or bf16 (no autocast)."""
     torch.manual_seed(0)
     denoiser = Denoiser(cfg.model).to(device).eval()
@@ -138,7 +139,7 @@ def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int, 
     if weights == "bf16":
         denoiser = denoiser.to(torch.bfloat16)
     if compile and device.type == "cuda":
-        denoiser.compile()
+        denoiser.compile(options=inductor or None)
     L = cfg.data.seq_len
     ids = torch.randint(4, cfg.model.vocab_size, (batch, L), device=device)
     mask = torch.zeros_like(ids)
@@ -173,7 +174,7 @@ def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int, 
     near = embedding[ids[:256]] + 0.1 * torch.randn(min(batch, 256), L, cfg.model.embed_dim, device=device)
     agreement = {f"{name}": (nearest_embedding(x, embedding) == nearest_embedding(x, embedding, fused=False)).float().mean().item()
                  for name, x in (("near", near), ("random", z[:256]))}
-    return {"batch": batch, "weights": weights, "compiled": compile and device.type == "cuda",
+    return {"batch": batch, "weights": weights, "compiled": compile and device.type == "cuda", "inductor": inductor,
             "s_per_reverse_step": per_step, "s_rounding_per_step": rounding,
             "rounding_fused": device.type == "cuda" and _fused_rounding_available(cfg.model.embed_dim),
             "rounding_agreement_with_fp32": agreement,
@@ -195,6 +196,8 @@ def main(argv=None) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile (GPU only)")
     p.add_argument("--fallback-random", action=argparse.BooleanOptionalAction,
                    default=objective_module.COMPILE_OPTIONS["fallback_random"], help="dropout RNG of the compiled loss")
+    p.add_argument("--inductor", type=json.loads, default={}, metavar="JSON",
+                   help='extra Inductor options for both compiles, e.g. \'{"max_autotune": true}\'')
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1, help="steps after the first (compiling) one, before timing")
     p.add_argument("--sample-batch", type=int, default=2048)
@@ -207,6 +210,7 @@ def main(argv=None) -> None:
     p.add_argument("--profile", action="store_true", help="profile one training step (tables and sync counts)")
     args = p.parse_args(argv)
     objective_module.COMPILE_OPTIONS["fallback_random"] = args.fallback_random
+    objective_module.COMPILE_OPTIONS.update(args.inductor)
     model = ModelConfig(vocab_size=args.vocab)
     if args.tiny:
         model = ModelConfig(vocab_size=200, embed_dim=16, hidden_size=32, num_layers=2, num_heads=2, ffn_size=64)
@@ -227,7 +231,7 @@ def main(argv=None) -> None:
         train["share_of_measured_peak"] = train["tflops_per_gpu"] / measured_peak if measured_peak else None
     if env.is_main and not args.skip_sample:
         result["sample"] = bench_sample(cfg, env.device, args.sample_batch, args.sample_steps, cfg.diffusion.steps,
-                                        args.compile, args.sample_weights)
+                                        args.compile, args.sample_weights, args.inductor)
     distributed.barrier()
     if env.is_main:
         print(json.dumps(result), flush=True)

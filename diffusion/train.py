@@ -145,7 +145,7 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
 
     # --- the loop ---
     loss_sum = torch.zeros((), device=env.device)
-    window_start, window_steps, slowest_step = time.monotonic(), 0, 0.0
+    window_start, window_steps, slowest_step, first_step = time.monotonic(), 0, 0.0, step
     stopped_for_time = False
     engine.train()
     while step < last_step:
@@ -162,7 +162,8 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
         step += 1
         ema.update()
         window_steps += 1
-        slowest_step = max(slowest_step, time.monotonic() - step_start)
+        if step > first_step + 1:  # the first step of a start compiles: not what one more step costs
+            slowest_step = max(slowest_step, time.monotonic() - step_start)
 
         if step % tc.log_every == 0 or step == last_step:
             mean_loss = loss_sum.item() / (window_steps * accumulation)  # the one host sync per log
