@@ -42,7 +42,10 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
     tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     for p in tree:
-        p.send_signal(signal.SIGKILL)
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:  # ended between the listing and the kill
+            pass
     psutil.wait_procs(tree, timeout=30)
     proc.wait()
 
