@@ -110,7 +110,7 @@ def bench_train(cfg: Config, env, steps: int, warmup: int, zero_overrides: dict,
             sync(env.device)
         result["profile"] = profile_summary(prof)
         if env.is_main:
-            print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15), flush=True)
+            print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25), flush=True)
     if env.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(env.device)
     start = time.perf_counter()
@@ -130,7 +130,7 @@ def bench_train(cfg: Config, env, steps: int, warmup: int, zero_overrides: dict,
 
 @torch.no_grad()
 def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int, compile: bool, weights: str,
-                 inductor: dict | None = None) -> dict:
+                 inductor: dict | None = None, profile: bool = False) -> dict:
     """Reverse steps with rounding at every step. weights: fp32 under bf16 autocast, or bf16 (no autocast)."""
     torch.manual_seed(0)
     denoiser = Denoiser(cfg.model).to(device).eval()
@@ -159,6 +159,13 @@ def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int, 
         sample_tokens(denoiser, schedule, ids, mask)
     sync(device)
     per_step = (time.perf_counter() - start) / schedule.num_steps
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof, autocast:
+            sample_tokens(denoiser, schedule.respaced(2), ids, mask)
+            sync(device)
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20), flush=True)
     # the rounding alone, on a prediction of the same shape
     z = torch.randn(batch, L, cfg.model.embed_dim, device=device)
     with autocast:
@@ -207,7 +214,7 @@ def main(argv=None) -> None:
     p.add_argument("--peak-tflops", type=float, default=800.0, help="bf16 dense peak of the card, for the share")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-sample", action="store_true")
-    p.add_argument("--profile", action="store_true", help="profile one training step (tables and sync counts)")
+    p.add_argument("--profile", action="store_true", help="profile one training step (tables and sync counts) and two reverse steps")
     args = p.parse_args(argv)
     objective_module.COMPILE_OPTIONS["fallback_random"] = args.fallback_random
     objective_module.COMPILE_OPTIONS.update(args.inductor)
@@ -231,7 +238,7 @@ def main(argv=None) -> None:
         train["share_of_measured_peak"] = train["tflops_per_gpu"] / measured_peak if measured_peak else None
     if env.is_main and not args.skip_sample:
         result["sample"] = bench_sample(cfg, env.device, args.sample_batch, args.sample_steps, cfg.diffusion.steps,
-                                        args.compile, args.sample_weights, args.inductor)
+                                        args.compile, args.sample_weights, args.inductor, args.profile)
     distributed.barrier()
     if env.is_main:
         print(json.dumps(result), flush=True)

@@ -22,6 +22,9 @@ import triton.language as tl
         triton.Config({"BLOCK_M": 128, "BLOCK_V": 64}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 64, "BLOCK_V": 128}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_M": 256, "BLOCK_V": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_V": 256}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 256, "BLOCK_V": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_V": 128}, num_warps=4, num_stages=4),
     ],
     key=["D", "vocab"],
 )
