@@ -129,18 +129,38 @@ def bench_train(cfg: Config, env, steps: int, warmup: int, zero_overrides: dict,
 
 
 @torch.no_grad()
+def denoiser_fidelity(denoiser: Denoiser, length: int, batch: int = 64) -> dict:
+    """Relative error (|out - fp32 out| / |fp32 out|) of the denoiser's prediction with bf16 weights,
+    exact GELU and GELU in the matmul epilogue, on N(0, 1) inputs at random timesteps."""
+    device = next(denoiser.parameters()).device
+    z = torch.randn(batch, length, denoiser.cfg.embed_dim, device=device)
+    t = torch.randint(0, 2000, (batch,), device=device).float()
+    reference = denoiser(z, t)
+    bf16 = Denoiser(denoiser.cfg).to(device).eval()
+    bf16.load_state_dict(denoiser.state_dict())
+    bf16 = bf16.to(torch.bfloat16)
+    errors = {}
+    for name, on in (("bf16_exact_gelu", False), ("bf16_gelu_epilogue", True)):
+        bf16.use_gelu_epilogue(on)
+        errors[name] = ((bf16(z, t).float() - reference).norm() / reference.norm()).item()
+    return errors
+
+
+@torch.no_grad()
 def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int, compile: bool, weights: str,
-                 inductor: dict | None = None, profile: bool = False) -> dict:
+                 inductor: dict | None = None, profile: bool = False, gelu_epilogue: bool = True) -> dict:
     """Reverse steps with rounding at every step. weights: fp32 under bf16 autocast, or bf16 (no autocast)."""
     torch.manual_seed(0)
     denoiser = Denoiser(cfg.model).to(device).eval()
     weights = weights if device.type == "cuda" else "fp32"  # as diffusion.sample: the CPU samples in fp32
     use_autocast = device.type == "cuda" and weights == "fp32"
+    L = cfg.data.seq_len
+    fidelity = denoiser_fidelity(denoiser, L) if device.type == "cuda" else None
     if weights == "bf16":
         denoiser = denoiser.to(torch.bfloat16)
+        denoiser.use_gelu_epilogue(gelu_epilogue and device.type == "cuda")
     if compile and device.type == "cuda":
         denoiser.compile(options=inductor or None)
-    L = cfg.data.seq_len
     ids = torch.randint(4, cfg.model.vocab_size, (batch, L), device=device)
     mask = torch.zeros_like(ids)
     mask[:, L // 2 :] = 1
@@ -182,6 +202,7 @@ def bench_sample(cfg: Config, device, batch: int, steps: int, total_steps: int, 
     agreement = {f"{name}": (nearest_embedding(x, embedding) == nearest_embedding(x, embedding, fused=False)).float().mean().item()
                  for name, x in (("near", near), ("random", z[:256]))}
     return {"batch": batch, "weights": weights, "compiled": compile and device.type == "cuda", "inductor": inductor,
+            "gelu_epilogue": any(layer.gelu_epilogue for layer in denoiser.layers), "fidelity": fidelity,
             "s_per_reverse_step": per_step, "s_rounding_per_step": rounding,
             "rounding_fused": device.type == "cuda" and _fused_rounding_available(cfg.model.embed_dim),
             "rounding_agreement_with_fp32": agreement,
@@ -211,6 +232,8 @@ def main(argv=None) -> None:
     p.add_argument("--sample-steps", type=int, default=20, help="reverse steps timed (extrapolated to T)")
     p.add_argument("--sample-weights", default="bf16", choices=["fp32", "bf16"],
                    help="GPU: bf16 weights (diffusion.sample's default), or fp32 weights under bf16 autocast")
+    p.add_argument("--gelu-epilogue", action=argparse.BooleanOptionalAction, default=True,
+                   help="sampling with bf16 weights: bias + GELU inside the matmul (cuBLASLt)")
     p.add_argument("--peak-tflops", type=float, default=800.0, help="bf16 dense peak of the card, for the share")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-sample", action="store_true")
@@ -238,7 +261,8 @@ def main(argv=None) -> None:
         train["share_of_measured_peak"] = train["tflops_per_gpu"] / measured_peak if measured_peak else None
     if env.is_main and not args.skip_sample:
         result["sample"] = bench_sample(cfg, env.device, args.sample_batch, args.sample_steps, cfg.diffusion.steps,
-                                        args.compile, args.sample_weights, args.inductor, args.profile)
+                                        args.compile, args.sample_weights, args.inductor, args.profile,
+                                        args.gelu_epilogue)
     distributed.barrier()
     if env.is_main:
         print(json.dumps(result), flush=True)

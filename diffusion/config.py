@@ -95,6 +95,9 @@ class SampleConfig:
     # on GPU: bf16 weights (fastest; the state z and the rounding scores stay fp32), or fp32 weights
     # under bf16 autocast; the CPU samples in fp32
     weights: Literal["bf16", "fp32"] = "bf16"
+    # with bf16 weights on GPU: bias + GELU of each feed-forward inside its matmul (cuBLASLt
+    # epilogue, tanh-approximated GELU); false keeps the exact GELU as a separate kernel
+    gelu_epilogue: bool = True
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,16 @@ class EncoderLayer(nn.Module):
         self.ffn_in = nn.Linear(cfg.hidden_size, cfg.ffn_size)
         self.ffn_out = nn.Linear(cfg.ffn_size, cfg.hidden_size)
         self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
+        self.gelu_epilogue = False  # set by Denoiser.use_gelu_epilogue
+
+    def feed_forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.gelu_epilogue:
+            # bias + GELU inside the cuBLASLt matmul: the (B*L, 3072) activation is written once
+            # instead of written, read and written again (15 of 110 ms a reverse step on H200).
+            # On CUDA that GELU is the tanh approximation (within 5e-4 of the exact one).
+            inner = torch._addmm_activation(self.ffn_in.bias, h.flatten(0, 1), self.ffn_in.weight.t(), use_gelu=True)
+            return self.ffn_out(inner.view(*h.shape[:-1], -1))
+        return self.ffn_out(F.gelu(self.ffn_in(h)))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         batch, length, hidden = h.shape
@@ -52,8 +62,7 @@ class EncoderLayer(nn.Module):
         attn = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, heads, L, head_dim)
         attn = attn.transpose(1, 2).reshape(batch, length, hidden)
         h = self.attn_norm(h + F.dropout(self.attn_out(attn), p, self.training))
-        ffn = self.ffn_out(F.gelu(self.ffn_in(h)))
-        return self.ffn_norm(h + F.dropout(ffn, p, self.training))
+        return self.ffn_norm(h + F.dropout(self.feed_forward(h), p, self.training))
 
 
 class Denoiser(nn.Module):
@@ -77,6 +86,11 @@ class Denoiser(nn.Module):
         self.down_proj = nn.Sequential(
             nn.Linear(cfg.hidden_size, cfg.hidden_size), nn.Tanh(), nn.Linear(cfg.hidden_size, cfg.embed_dim)
         )
+
+    def use_gelu_epilogue(self, on: bool = True) -> None:
+        """Fuse each feed-forward's bias and GELU into its first matmul (inference with bf16 weights)."""
+        for layer in self.layers:
+            layer.gelu_epilogue = on
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids -> (B, L, embed_dim) points of the diffusion space."""

@@ -71,6 +71,7 @@ def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None,
     sample_cfg = replace(cfg.sample, **(overrides or {}))
     if device.type == "cuda" and sample_cfg.weights == "bf16":
         denoiser = denoiser.to(torch.bfloat16)
+        denoiser.use_gelu_epilogue(sample_cfg.gelu_epilogue)
     if sample_cfg.compile and device.type == "cuda":
         denoiser.compile()  # in place: fuses each reverse step's LayerNorms, GELUs and casts
     pairs = load_pairs(split, sample_cfg.max_examples)
