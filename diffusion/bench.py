@@ -15,6 +15,7 @@ Measures, on random token ids of full length (as DiffuSeq's own figures were tak
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from contextlib import nullcontext
@@ -136,9 +137,7 @@ def denoiser_fidelity(denoiser: Denoiser, length: int, batch: int = 64) -> dict:
     z = torch.randn(batch, length, denoiser.cfg.embed_dim, device=device)
     t = torch.randint(0, 2000, (batch,), device=device).float()
     reference = denoiser(z, t)
-    bf16 = Denoiser(denoiser.cfg).to(device).eval()
-    bf16.load_state_dict(denoiser.state_dict())
-    bf16 = bf16.to(torch.bfloat16)
+    bf16 = copy.deepcopy(denoiser).to(torch.bfloat16)
     errors = {}
     for name, on in (("bf16_exact_gelu", False), ("bf16_gelu_epilogue", True)):
         bf16.use_gelu_epilogue(on)

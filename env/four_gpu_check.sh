@@ -8,27 +8,17 @@
 #      sampled on one GPU (env/train_kill_resume.py).
 # Needs .device/wheels and .device/data (carried). Results go to $OUT as they come.
 set -uo pipefail
-OUT=${OUT:-/tmp/four_gpu_check}; mkdir -p "$OUT"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-python3 -c "import pyarrow, sys; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)" 2>/dev/null || NEED_ARROW=1
-WHEELS=$(ls .device/wheels/*.whl | grep -v ${NEED_ARROW:+NONE}pyarrow)
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $WHEELS 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD
-N=$(python3 -c "import torch; print(torch.cuda.device_count())")
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-[ -f .device/data/train.jsonl ] || xz -dk .device/data/train.jsonl.xz
-run() { local name=$1 limit=$2; shift 2; echo "== $name"; ( time timeout "$limit" "$@" ) > "$OUT/$name.log" 2>&1
-        grep -h '^{"' "$OUT/$name.log" | sed "s/^{/{\"run\": \"$name\", /" >> "$OUT/results.jsonl"; tail -3 "$OUT/$name.log"; }
+source env/device_setup.sh
 if [ "${BENCH:-1}" = 1 ]; then
   run bench_1gpu 150 env CUDA_VISIBLE_DEVICES=0 python3 -m diffusion.bench --skip-sample
-  if [ "$N" -ge 2 ]; then
-    run bench_zero2 180 torchrun --standalone --nproc_per_node "$N" -m diffusion.bench --skip-sample --zero-stage 2
-    run bench_zero3 150 torchrun --standalone --nproc_per_node "$N" -m diffusion.bench --skip-sample --zero-stage 3
+  if [ "$NGPU" -ge 2 ]; then
+    run bench_zero2 180 torchrun --standalone --nproc_per_node "$NGPU" -m diffusion.bench --skip-sample --zero-stage 2
+    run bench_zero3 150 torchrun --standalone --nproc_per_node "$NGPU" -m diffusion.bench --skip-sample --zero-stage 3
   fi
 fi
 run kill_resume ${KILL_RESUME_S:-420} python3 env/train_kill_resume.py jobs/qqp_target.yaml /tmp/runs \
   --kill-after ${KILL_AFTER:-100} --set data.train=.device/data/train.jsonl --set data.valid=.device/data/valid.jsonl \
-  --set resources.train.gpus=$N --set train.save_every=${KILL_AFTER:-100} --set train.log_every=10 \
+  --set resources.train.gpus=$NGPU --set train.save_every=${KILL_AFTER:-100} --set train.log_every=10 \
   --set train.time_limit_s=${TIME_LIMIT:-200} --set sample.max_examples=512
 cp /tmp/runs/qqp-target/train_log.jsonl "$OUT/" 2>/dev/null
 tail -60 /tmp/runs/qqp-target/logs/train.log > "$OUT/train_log_tail.txt" 2>/dev/null
