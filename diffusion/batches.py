@@ -3,15 +3,25 @@
 The data is already tokenized: two (N, L) int64 tensors. Each epoch is a permutation drawn from
 `seed + epoch`; rank r takes every world_size-th index of it, so ranks never share a sequence and
 all ranks see the same number of micro-batches. The state is (epoch, position): two integers.
+
+With `widths` (trimmed sequences, data.trim), the epoch's permutation is cut into pools of
+POOL micro-batches, each pool sorted by width and split into micro-batches, and the micro-batches
+are shuffled: every sequence still comes once an epoch, and a micro-batch is cut to the width of
+its widest sequence (`data.batch_width`) instead of carrying seq_len positions.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .data import batch_width
+
+POOL = 64  # micro-batches sorted together: near-uniform widths, yet batches still vary in content
+
 
 class BatchStream:
-    def __init__(self, input_ids, input_mask, micro_batch: int, rank: int, world_size: int, seed: int, device):
+    def __init__(self, input_ids, input_mask, micro_batch: int, rank: int, world_size: int, seed: int, device,
+                 widths: torch.Tensor | None = None):
         if len(input_ids) < micro_batch * world_size:
             raise ValueError(
                 f"{len(input_ids)} training sequences are fewer than one micro-batch ({micro_batch}) per rank ({world_size})"
@@ -20,6 +30,7 @@ class BatchStream:
         pin = self.device.type == "cuda"
         self.input_ids = input_ids.pin_memory() if pin else input_ids
         self.input_mask = input_mask.pin_memory() if pin else input_mask
+        self.widths = widths
         self.micro_batch, self.rank, self.world_size, self.seed = micro_batch, rank, world_size, seed
         self.epoch, self.position = 0, 0
         self._order = self._epoch_order(0)
@@ -28,16 +39,28 @@ class BatchStream:
         generator = torch.Generator().manual_seed(self.seed + epoch)
         order = torch.randperm(len(self.input_ids), generator=generator)
         per_rank = len(order) // self.world_size
-        return order[self.rank :: self.world_size][:per_rank]
+        order = order[self.rank :: self.world_size][:per_rank]
+        if self.widths is None:
+            return order
+        batches = []
+        order = order[: len(order) - len(order) % self.micro_batch]  # whole micro-batches only
+        for pool in order.split(POOL * self.micro_batch):
+            by_width = pool[torch.sort(self.widths[pool], stable=True).indices]
+            batches += list(by_width.split(self.micro_batch))
+        shuffled = torch.randperm(len(batches), generator=generator)
+        return torch.cat([batches[i] for i in shuffled.tolist()])
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids, input_mask) of the next micro-batch, each (micro_batch, L), on the device."""
+        """(input_ids, input_mask) of the next micro-batch, each (micro_batch, width), on the device."""
         if self.position + self.micro_batch > len(self._order):
             self.epoch, self.position = self.epoch + 1, 0
             self._order = self._epoch_order(self.epoch)
         index = self._order[self.position : self.position + self.micro_batch]
         self.position += self.micro_batch
         ids, mask = self.input_ids[index], self.input_mask[index]
+        if self.widths is not None:
+            width = batch_width(self.widths[index], ids.shape[1])
+            ids, mask = ids[:, :width].contiguous(), mask[:, :width].contiguous()
         if self.device.type == "cuda":
             ids, mask = ids.pin_memory(), mask.pin_memory()
         return ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)

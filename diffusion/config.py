@@ -35,6 +35,15 @@ class DataConfig:
     lowercase: bool = True  # DiffuSeq used bert-base-uncased
     seq_len: int = 128
     max_train_pairs: int | None = None  # a slice of the train split, for tests and demos
+    # Trimmed sequences (budget recipe): a pair takes its source part plus a target budget of
+    # ceil(target_ratio * source tokens) + target_margin positions (its [CLS] and [SEP] included;
+    # capped at seq_len; a longer target loses its tail, its [SEP] kept), batches are drawn from
+    # length-sorted pools and cut to their widest sequence, and sampling decodes the same widths.
+    # The target's length stays the model's decision: it emits [SEP] and PAD inside the budget.
+    # False: every sequence is seq_len wide (DiffuSeq).
+    trim: bool = False
+    target_ratio: float = 1.5  # with target_margin 8, 99 % of QQP's valid targets fit
+    target_margin: int = 8
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,9 @@ class ModelConfig:
     dropout: float = 0.1
     time_embed_dim: int = 128
     max_positions: int = 128
+    # self-conditioning: the denoiser also sees its previous estimate of z_0 (zeros when there is
+    # none, and in half of the training examples), concatenated to z_t (SeqDiffuSeq, CDCD)
+    self_condition: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,9 @@ class DiffusionConfig:
     noising: Literal["target", "full"] = "target"
     timestep_sampler: Literal["lossaware", "uniform"] = "lossaware"
     rescale_timesteps: bool = True  # model sees t * 1000 / T, as DiffuSeq
+    # weight of the anchor loss: cross-entropy of lm_head(predicted z_0) against the tokens at the
+    # noised positions (Difformer); 0 leaves DiffuSeq's loss, which only logs it
+    anchor_loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +84,11 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     lr_schedule: Literal["linear", "constant"] = "linear"
+    warmup_steps: int = 0  # the rate rises linearly over these first steps (DiffuSeq: none)
     ema_rate: float = 0.9999
+    # EMA rate min(ema_rate, (1 + n) / (10 + n)) after optimizer step n, so that a short run's
+    # average is not mostly its initial weights (0.9999^500 = 0.95); false: ema_rate throughout
+    ema_warmup: bool = False
     grad_clip: float = 0.0  # 0: none (DiffuSeq)
     zero_stage: int = 2
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
@@ -86,6 +105,11 @@ class TrainConfig:
 class SampleConfig:
     steps: int | None = None  # None: all T steps; fewer respaces the schedule
     clamp_step: int = 0  # round x0 to the nearest embedding at every step t >= clamp_step
+    # how x0 is rounded to a token: the nearest embedding in L2 (DiffuSeq), or the decoder's choice,
+    # argmax lm_head(x0), as the final read-out and the anchor loss choose. A blurry x0 (high noise)
+    # is nearest in L2 to the embedding of least norm, whatever it points at: PAD once PAD's
+    # embedding has shrunk (all outputs empty, DiffuSeq #50), or a rare, untrained token.
+    rounding: Literal["l2", "logits"] = "l2"
     seeds: tuple[int, ...] = (101,)  # one candidate per seed; MBR picks among them when > 1
     batch_size: int = 64
     full_mode: Literal["conditional", "joint"] = "conditional"  # how a full-noising model samples

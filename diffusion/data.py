@@ -8,9 +8,10 @@ DiffuSeq's `helper_tokenize` builds it. The model only ever noises where the mas
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -122,12 +123,15 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise DataError(f"{path}: cannot load tokenizer: {err}") from None
 
 
-def build_sequence(src_ids: list[int], trg_ids: list[int], seq_len: int) -> tuple[list[int], list[int]]:
+def build_sequence(src_ids: list[int], trg_ids: list[int], seq_len: int,
+                   target_budget: Callable[[int], int] | None = None) -> tuple[list[int], list[int]]:
     """(input_ids, input_mask) of `[CLS] x [SEP] [SEP] [CLS] y [SEP] [PAD]...`, seq_len long.
 
     Too long a pair loses tokens from the end of its longer side, one at a time, and from both
     sides when they are equally long, exactly as DiffuSeq's merge_and_mask does (so a tie can
-    leave one more PAD than needed). The closing [SEP] of each side is always kept."""
+    leave one more PAD than needed). The closing [SEP] of each side is always kept. With
+    `target_budget` (trimmed sequences), the target part is then cut to target_budget(len(x))
+    positions, so that it fits the width `sequence_widths` gives this sequence."""
     if seq_len < 5:
         raise ValueError(f"seq_len must be at least 5 (the special tokens alone), got {seq_len}")
     x, y = list(src_ids), list(trg_ids)
@@ -139,20 +143,61 @@ def build_sequence(src_ids: list[int], trg_ids: list[int], seq_len: int) -> tupl
         else:
             x.pop()
             y.pop()
+    if target_budget is not None:
+        y = y[: max(0, target_budget(len(x)) - 2)]
     source = [CLS, *x, SEP, SEP]
     target = [CLS, *y, SEP]
     pad = seq_len - len(source) - len(target)
     return source + target + [PAD] * pad, [0] * len(source) + [1] * (len(target) + pad)
 
 
-def encode_pairs(tok: Tokenizer, pairs: list[dict], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, input_mask), int64 [N, seq_len] each."""
+def target_budget(cfg) -> Callable[[int], int] | None:
+    """Positions a trimmed sequence's target part gets for a source of n tokens (None: untrimmed).
+    `cfg` is a DataConfig."""
+    if not cfg.trim:
+        return None
+    return lambda n: math.ceil(cfg.target_ratio * n) + cfg.target_margin
+
+
+def sequence_widths(input_mask: torch.Tensor, cfg) -> torch.Tensor:
+    """(N,) width of each encoded sequence (N, seq_len): its source part plus its target budget,
+    capped at seq_len; seq_len for every sequence when `cfg.trim` is off. `cfg` is a DataConfig."""
+    seq_len = input_mask.shape[-1]
+    if not cfg.trim:
+        return torch.full(input_mask.shape[:-1], seq_len, dtype=torch.long)
+    source_part = (input_mask == 0).sum(-1)
+    budget = torch.ceil(cfg.target_ratio * (source_part - 3).double()).long() + cfg.target_margin
+    return (source_part + budget).clamp(max=seq_len)
+
+
+def batch_width(widths: torch.Tensor, seq_len: int, multiple: int = 8) -> int:
+    """The width a batch of sequences is cut to: its widest, rounded up to a multiple of 8 (fewer
+    shapes for the compiler, aligned kernels), at most seq_len."""
+    widest = int(widths.max())
+    return min(seq_len, -(-widest // multiple) * multiple)
+
+
+def width_batches(widths: torch.Tensor, seq_len: int, batch_size: int) -> list[torch.Tensor]:
+    """Indices of sequences in batches of at most `batch_size` whose widths round up to the same
+    `batch_width`, so that no sequence carries more PAD positions past its own width than training
+    showed it (a batch's tail beyond a sequence's width is PAD the model never saw there). In
+    index order when untrimmed (every width seq_len)."""
+    rounded = torch.tensor([batch_width(w.view(1), seq_len) for w in widths], dtype=torch.long)
+    batches = []
+    for width in rounded.unique().tolist():
+        batches += list(torch.nonzero(rounded == width).flatten().split(batch_size))
+    return batches
+
+
+def encode_pairs(tok: Tokenizer, pairs: list[dict], seq_len: int,
+                 budget: Callable[[int], int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, input_mask), int64 [N, seq_len] each; `budget` from `target_budget` trims targets."""
     # No post-processor in our tokenizer; build_sequence adds the special tokens.
     srcs = tok.encode_batch([p["src"] for p in pairs], add_special_tokens=False)
     trgs = tok.encode_batch([p["trg"] for p in pairs], add_special_tokens=False)
     ids, mask = [], []
     for s, t in zip(srcs, trgs):
-        seq, m = build_sequence(s.ids, t.ids, seq_len)
+        seq, m = build_sequence(s.ids, t.ids, seq_len, budget)
         ids.append(seq)
         mask.append(m)
     shape = (len(pairs), seq_len)

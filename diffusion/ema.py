@@ -17,9 +17,10 @@ def _is_partitioned(p: torch.Tensor) -> bool:
 
 
 class EMA:
-    def __init__(self, module: nn.Module, rate: float):
+    def __init__(self, module: nn.Module, rate: float, warmup: bool = False):
         self.module = module
         self.rate = rate
+        self.warmup = warmup
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.partitioned = any(_is_partitioned(p) for p in self.params)
         self.shadow = [self._local(p).detach().float().clone() for p in self.params]
@@ -27,10 +28,15 @@ class EMA:
     def _local(self, p: torch.Tensor) -> torch.Tensor:
         return p.ds_tensor if _is_partitioned(p) else p.data
 
+    def rate_at(self, step: int) -> float:
+        """The rate of the update after optimizer step `step` (1, 2, ...): with warm-up the average
+        forgets its start quickly, then settles at `rate`."""
+        return min(self.rate, (1 + step) / (10 + step)) if self.warmup else self.rate
+
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, step: int) -> None:
         # shadow += (1 - rate) * (param - shadow), fused over every tensor
-        torch._foreach_lerp_(self.shadow, [self._local(p).float() for p in self.params], 1.0 - self.rate)
+        torch._foreach_lerp_(self.shadow, [self._local(p).float() for p in self.params], 1.0 - self.rate_at(step))
 
     def state_dict(self) -> dict:
         return {"rate": self.rate, "shadow": [s.cpu() for s in self.shadow]}

@@ -53,12 +53,17 @@ def supported(dim: int) -> bool:
     return dim >= 16 and dim & (dim - 1) == 0  # tl.dot and tl.arange need a power of two >= 16
 
 
-def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """Token ids (...,) of the rows of `embedding` (V, D) nearest to z (..., D); scores in `dtype` x `dtype` -> fp32."""
+def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
+                      offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """Token ids (...,) of the rows of `embedding` (V, D) nearest to z (..., D): argmax_v 2 z.e_v -
+    offsets_v, with offsets |e_v|^2 (L2; the default) or -2 b_v (the logits' argmax); scores in
+    `dtype` x `dtype` -> fp32."""
     dim = z.shape[-1]
     flat = z.reshape(-1, dim).to(dtype).contiguous()
     table = embedding.detach().to(dtype).contiguous()
-    sq_norms = embedding.detach().float().pow(2).sum(-1).contiguous()
+    if offsets is None:
+        offsets = embedding.detach().float().pow(2).sum(-1)
+    sq_norms = offsets.detach().float().contiguous()
     ids = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
     grid = lambda meta: (triton.cdiv(flat.shape[0], meta["BLOCK_M"]),)  # noqa: E731
     _nearest_embedding_kernel[grid](flat, table, sq_norms, ids, flat.shape[0], table.shape[0], D=dim)

@@ -67,6 +67,11 @@ def mean_len(hyps) -> float:
     return float(np.mean([len(h.split(" ")) for h in hyps]))
 
 
+def empty_share(hyps) -> float:
+    # Outputs with no token at all: the all-PAD collapse of an undertrained model (DiffuSeq #50).
+    return float(np.mean([not h.strip() for h in hyps]))
+
+
 def corpus_sacrebleu(hyps, refs) -> float:
     # Standard corpus BLEU (0-100), for comparison with non-DiffuSeq papers.
     import sacrebleu
@@ -124,6 +129,7 @@ def score(hyps, refs, srcs=None,
         "bertscore": bertscore(hyps, refs, bertscore_model) if bertscore_model else None,
         "dist1": dist1(hyps),
         "len": mean_len(hyps),
+        "empty": empty_share(hyps),
         "sacrebleu": corpus_sacrebleu(hyps, refs),
     }
     if srcs is not None:

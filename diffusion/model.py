@@ -77,8 +77,10 @@ class Denoiser(nn.Module):
         self.time_embed = nn.Sequential(
             nn.Linear(cfg.time_embed_dim, time_hidden), nn.SiLU(), nn.Linear(time_hidden, cfg.hidden_size)
         )
+        # with self-conditioning the input is [z_t | previous estimate of z_0]
+        input_dim = 2 * cfg.embed_dim if cfg.self_condition else cfg.embed_dim
         self.up_proj = nn.Sequential(
-            nn.Linear(cfg.embed_dim, cfg.hidden_size), nn.Tanh(), nn.Linear(cfg.hidden_size, cfg.hidden_size)
+            nn.Linear(input_dim, cfg.hidden_size), nn.Tanh(), nn.Linear(cfg.hidden_size, cfg.hidden_size)
         )
         self.position_embedding = nn.Embedding(cfg.max_positions, cfg.hidden_size)
         self.input_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
@@ -100,13 +102,18 @@ class Denoiser(nn.Module):
         """(B, L, embed_dim) -> (B, L, vocab) token logits."""
         return self.lm_head(z.to(self.lm_head.weight.dtype))
 
-    def forward(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Predict z_0 from z_t (B, L, embed_dim) at (rescaled) timesteps (B,)."""
+    def forward(self, z_t: torch.Tensor, timesteps: torch.Tensor, previous_z_0: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict z_0 from z_t (B, L, embed_dim) at (rescaled) timesteps (B,); with self-conditioning,
+        `previous_z_0` is the last estimate (None: zeros, no estimate yet)."""
         length = z_t.shape[1]
         dtype = self.lm_head.weight.dtype  # float32; bfloat16 when sampling with bf16 weights
         time = self.time_embed(timestep_embedding(timesteps, self.cfg.time_embed_dim).to(dtype))  # (B, hidden)
         positions = self.position_embedding.weight[:length]  # (L, hidden)
-        h = self.up_proj(z_t.to(dtype)) + positions[None] + time[:, None, :]
+        inputs = z_t.to(dtype)
+        if self.cfg.self_condition:
+            previous = torch.zeros_like(inputs) if previous_z_0 is None else previous_z_0.to(dtype)
+            inputs = torch.cat([inputs, previous], dim=-1)
+        h = self.up_proj(inputs) + positions[None] + time[:, None, :]
         h = F.dropout(self.input_norm(h), self.cfg.dropout, self.training)
         for layer in self.layers:
             h = layer(h)

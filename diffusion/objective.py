@@ -7,6 +7,12 @@ target are both noised. In both, the loss covers every position:
     loss = mse(z_0, f(z_t, t))  (at t = 0 against the embedding itself)
          + decoder_nll          (cross-entropy of lm_head(z_0): keeps embeddings decodable)
          + tT_loss              (|sqrt(abar_T) z_0|^2: the prior at T is N(0, I))
+         [+ anchor_loss * anchor (cross-entropy of lm_head(f(z_t, t)) at the noised positions)]
+
+With self-conditioning, f also sees its own estimate of z_0 from a first pass without gradient,
+in half of the examples (zeros in the others, as at the first reverse step). Besides the loss
+terms, forward() returns the mse split into source and target positions, for the logs: under
+full noising it shows where the capacity goes.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ class DiffusionObjective(nn.Module):
     """The module DeepSpeed trains: denoiser + loss. forward() returns the per-sequence loss terms."""
 
     def __init__(self, denoiser: Denoiser, schedule: Schedule, noising: str, rescale_timesteps: bool = True,
-                 autocast_dtype: torch.dtype | None = None, compile: bool = False):
+                 autocast_dtype: torch.dtype | None = None, compile: bool = False, anchor_loss: float = 0.0,
+                 dynamic_length: bool = False):
         super().__init__()
         if noising not in ("target", "full"):
             raise ValueError(f"unknown noising mode {noising!r}; choose target or full")
@@ -47,6 +54,8 @@ class DiffusionObjective(nn.Module):
         self.schedule = schedule
         self.noising = noising
         self.rescale_timesteps = rescale_timesteps
+        self.anchor_loss = anchor_loss
+        self.dynamic_length = dynamic_length  # trimmed batches: one compiled graph for every width
         # autocast is entered here, inside the module: DeepSpeed's engine.forward turns off an
         # autocast entered around it unless its own torch_autocast option is set
         self.autocast_dtype = autocast_dtype
@@ -68,6 +77,10 @@ class DiffusionObjective(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._compiled is not None:
+            self.schedule.cache_on(input_ids.device)
+            if self.dynamic_length:
+                torch._dynamo.maybe_mark_dynamic(input_ids, 1)
+                torch._dynamo.maybe_mark_dynamic(input_mask, 1)
             return self._compiled(input_ids, input_mask, t)
         return self.autocast_loss_terms(input_ids, input_mask, t)
 
@@ -79,7 +92,15 @@ class DiffusionObjective(nn.Module):
     def loss_terms(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         s = self.schedule
         emb, z_0, z_t = self.noised(input_ids, input_mask, t)
-        predicted_z_0 = self.denoiser(z_t, s.model_timesteps(t, self.rescale_timesteps))
+        model_t = s.model_timesteps(t, self.rescale_timesteps)
+        if self.denoiser.cfg.self_condition:
+            with torch.no_grad():
+                first_estimate = self.denoiser(z_t, model_t)
+            dropped = torch.rand(t.shape, device=t.device) < 0.5
+            previous = torch.where(dropped[:, None, None], torch.zeros_like(first_estimate), first_estimate)
+            predicted_z_0 = self.denoiser(z_t, model_t, previous)
+        else:
+            predicted_z_0 = self.denoiser(z_t, model_t)
         mse = torch.where(t == 0, mean_flat((emb - predicted_z_0) ** 2), mean_flat((z_0 - predicted_z_0) ** 2))
         last = torch.full_like(t, s.num_steps - 1)
         t_T = mean_flat((s.gather("sqrt_alphas_cumprod", last, z_0.ndim) * z_0) ** 2)
@@ -87,4 +108,17 @@ class DiffusionObjective(nn.Module):
         # flattened to (B*L, V): cross-entropy over a strided class dim is several times slower
         nll = F.cross_entropy(logits.flatten(0, 1).float(), input_ids.flatten(), reduction="none")
         nll = nll.view(input_ids.shape).mean(dim=-1)
-        return {"loss": mse + nll + t_T, "mse": mse, "nll": nll, "tT": t_T}
+        terms = {"loss": mse + nll + t_T, "mse": mse, "nll": nll, "tT": t_T}
+        if self.anchor_loss > 0:
+            noised = input_mask.float() if self.noising == "target" else torch.ones_like(input_mask, dtype=torch.float32)
+            anchor_logits = self.denoiser.logits(predicted_z_0).flatten(0, 1).float()
+            anchor = F.cross_entropy(anchor_logits, input_ids.flatten(), reduction="none").view(input_ids.shape)
+            terms["anchor"] = (anchor * noised).sum(-1) / noised.sum(-1).clamp_min(1)
+            terms["loss"] = terms["loss"] + self.anchor_loss * terms["anchor"]
+        with torch.no_grad():  # for the logs only
+            reference = torch.where((t == 0)[:, None, None], emb, z_0)
+            per_position = ((reference - predicted_z_0).float() ** 2).mean(-1)  # (B, L)
+            source = 1.0 - input_mask.float()
+            terms["mse_source"] = (per_position * source).sum(-1) / source.sum(-1).clamp_min(1)
+            terms["mse_target"] = (per_position * input_mask).sum(-1) / input_mask.sum(-1).clamp_min(1)
+        return terms

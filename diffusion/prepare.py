@@ -16,7 +16,7 @@ from pathlib import Path
 from . import atomic
 from .config import DataConfig, to_dict
 from .corpus import make_pairs
-from .data import encode_pairs, load_hub_qqp, load_pairs, save_encoded, save_tokenizer, train_tokenizer
+from .data import encode_pairs, target_budget, load_hub_qqp, load_pairs, save_encoded, save_tokenizer, train_tokenizer
 
 SPLITS = ("train", "valid", "test")
 
@@ -51,7 +51,7 @@ def prepare(cfg: DataConfig, data_dir: str | Path) -> dict:
     save_tokenizer(tokenizer, data_dir / "tokenizer.json")
     counts = {}
     for name, pairs in splits.items():
-        input_ids, input_mask = encode_pairs(tokenizer, pairs, cfg.seq_len)
+        input_ids, input_mask = encode_pairs(tokenizer, pairs, cfg.seq_len, target_budget(cfg))
         save_encoded(data_dir / f"{name}.pt", input_ids, input_mask)
         atomic.write_jsonl(data_dir / f"{name}.jsonl", pairs)
         counts[name] = len(pairs)

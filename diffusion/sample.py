@@ -23,7 +23,8 @@ import torch
 from . import atomic
 from .checkpoint import CheckpointError, load_exported
 from .config import ConfigError, SampleConfig
-from .data import DataError, decode, encode_pairs, load_pairs, split_sequence
+from .data import (DataError, batch_width, decode, width_batches, encode_pairs, load_pairs, sequence_widths, split_sequence,
+                   target_budget)
 from .metrics import mbr_select
 from .sampling import sample_tokens
 from .schedule import Schedule
@@ -31,27 +32,34 @@ from .schedule import Schedule
 
 def generate(denoiser, cfg, tokenizer, pairs: list[dict], seed: int, sample_cfg: SampleConfig,
              device: torch.device, progress=None) -> list[dict]:
-    """One candidate per pair for one seed: [{"src", "ref", "hyp"}, ...] in the order of `pairs`."""
+    """One candidate per pair for one seed: [{"src", "ref", "hyp"}, ...] in the order of `pairs`.
+
+    With trimmed sequences (data.trim) pairs are decoded in batches of one width (`width_batches`),
+    as in training; the reference is always the untrimmed target."""
     schedule = Schedule.named(cfg.diffusion.schedule, cfg.diffusion.steps)
     if sample_cfg.steps:
         schedule = schedule.respaced(sample_cfg.steps)
-    input_ids, input_mask = encode_pairs(tokenizer, pairs, cfg.data.seq_len)
+    input_ids, input_mask = encode_pairs(tokenizer, pairs, cfg.data.seq_len, target_budget(cfg.data))
+    reference_ids, reference_mask = encode_pairs(tokenizer, pairs, cfg.data.seq_len) if cfg.data.trim else (input_ids, input_mask)
+    widths = sequence_widths(input_mask, cfg.data)
     generator = torch.Generator(device).manual_seed(seed)
     autocast = device.type == "cuda" and sample_cfg.weights == "fp32"  # bf16 weights need none
-    rows = []
-    for start in range(0, len(pairs), sample_cfg.batch_size):
-        ids = input_ids[start : start + sample_cfg.batch_size].to(device)
-        mask = input_mask[start : start + sample_cfg.batch_size].to(device)
+    hypotheses: dict[int, str] = {}
+    for batch in width_batches(widths, cfg.data.seq_len, sample_cfg.batch_size):
+        width = batch_width(widths[batch], cfg.data.seq_len)
+        ids = input_ids[batch, :width].to(device)
+        mask = input_mask[batch, :width].to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext():
             tokens = sample_tokens(denoiser, schedule, ids, mask, cfg.diffusion.noising, sample_cfg.full_mode,
-                                   sample_cfg.clamp_step, generator, cfg.diffusion.rescale_timesteps)
-        for row_ids, row_mask, row_tokens in zip(ids.cpu(), mask.cpu(), tokens.cpu()):
-            source, reference = split_sequence(row_ids, row_mask)
-            _, hypothesis = split_sequence(row_tokens, row_mask)
-            rows.append({"src": decode(tokenizer, source), "ref": decode(tokenizer, reference),
-                         "hyp": decode(tokenizer, hypothesis)})
+                                   sample_cfg.clamp_step, sample_cfg.rounding, generator, cfg.diffusion.rescale_timesteps)
+        for index, row_mask, row_tokens in zip(batch.tolist(), mask.cpu(), tokens.cpu()):
+            hypotheses[index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])
         if progress:
-            progress(len(rows), len(pairs))
+            progress(len(hypotheses), len(pairs))
+    rows = []
+    for index in range(len(pairs)):
+        source, reference = split_sequence(reference_ids[index], reference_mask[index])
+        rows.append({"src": decode(tokenizer, source), "ref": decode(tokenizer, reference), "hyp": hypotheses[index]})
     return rows
 
 
@@ -98,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", help="comma-separated seeds, one candidate each (default: the config's)")
     parser.add_argument("--steps", type=int, help="respaced number of reverse steps (default: all T)")
     parser.add_argument("--clamp-step", type=int)
+    parser.add_argument("--rounding", choices=["l2", "logits"], help="round x0 to the nearest embedding or the logits' argmax")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-examples", type=int)
     parser.add_argument("--full-mode", choices=["conditional", "joint"])
@@ -110,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
             "steps": args.steps, "clamp_step": args.clamp_step, "batch_size": args.batch_size,
             "max_examples": args.max_examples, "full_mode": args.full_mode, "compile": args.compile,
-            "weights": args.weights,
+            "weights": args.weights, "rounding": args.rounding,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         summary = run(args.checkpoint, args.split, args.out, overrides, args.cpu)

@@ -9,7 +9,8 @@ z_{t-1} ~ N(posterior_mean(z_0, z_t), fixed variance). Source positions are hand
   that step's noise level (fresh noise), while the target is denoised;
 - full, joint: source and target are denoised together from pure noise.
 
-The target is read out at the mask-1 positions as argmax of lm_head.
+The target is read out at the mask-1 positions as argmax of lm_head. A self-conditioned
+denoiser gets its previous (unrounded) estimate of z_0 back at every step, zeros at the first.
 """
 
 from __future__ import annotations
@@ -24,19 +25,21 @@ from .schedule import Schedule
 
 
 def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, chunk_elements: int = 1 << 26,
-                      fused: bool = True) -> torch.Tensor:
-    """Token ids (...,) of the word embeddings nearest (L2) to z (..., D).
+                      fused: bool = True, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Token ids (...,) of the word embeddings nearest (L2) to z (..., D); with `bias` (the
+    decoder's), the argmax of the logits z.e_v + b_v instead.
 
-    argmin_v |z - e_v|^2 = argmax_v (2 z.e_v - |e_v|^2). On CUDA (with `fused`) one Triton kernel
+    argmin_v |z - e_v|^2 = argmax_v (2 z.e_v - |e_v|^2), and argmax_v (z.e_v + b_v) = argmax_v
+    (2 z.e_v + 2 b_v): one score with a per-token offset. On CUDA (with `fused`) one Triton kernel
     scores bf16 x bf16 -> fp32 tiles and keeps the running argmax (kernels.py); elsewhere rows are
     processed in chunks so the (rows, V) score matrix never exceeds `chunk_elements`.
     """
     if fused and z.is_cuda and _fused_rounding_available(z.shape[-1]):
         from . import kernels
 
-        return kernels.nearest_embedding(z, embedding)
+        return kernels.nearest_embedding(z, embedding, offsets=None if bias is None else -2 * bias.float())
     flat = z.reshape(-1, z.shape[-1]).to(embedding.dtype)
-    sq_norms = embedding.pow(2).sum(-1)  # (V,)
+    sq_norms = embedding.pow(2).sum(-1) if bias is None else -2 * bias  # (V,)
     rows = max(1, chunk_elements // embedding.shape[0])
     ids = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
     for start in range(0, flat.shape[0], rows):
@@ -62,6 +65,7 @@ def sample_tokens(
     noising: str = "target",
     full_mode: str = "conditional",
     clamp_step: int = 0,
+    rounding: str = "l2",
     generator: torch.Generator | None = None,
     rescale_timesteps: bool = True,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
@@ -70,15 +74,17 @@ def sample_tokens(
 
     `on_step(t, z_t)` is called with the state the denoiser sees at every step (for inspection).
     """
-    if noising not in ("target", "full") or full_mode not in ("conditional", "joint"):
-        raise ValueError(f"unknown sampling mode noising={noising!r} full_mode={full_mode!r}")
+    if noising not in ("target", "full") or full_mode not in ("conditional", "joint") or rounding not in ("l2", "logits"):
+        raise ValueError(f"unknown sampling mode noising={noising!r} full_mode={full_mode!r} rounding={rounding!r}")
     emb = denoiser.embed(input_ids).float()  # (B, L, D), the clean embedding; the state z stays fp32
     embedding = denoiser.word_embedding.weight
+    bias = denoiser.lm_head.bias if rounding == "logits" else None
 
     def randn_like(x):
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
     z = randn_like(emb)
+    previous_z_0 = torch.zeros_like(emb) if denoiser.cfg.self_condition else None
     if noising == "target":
         z = keep_source(z, emb, input_mask)
     for step in reversed(range(schedule.num_steps)):
@@ -87,9 +93,11 @@ def sample_tokens(
             z = keep_source(z, schedule.q_sample(emb, t, randn_like(emb)), input_mask)
         if on_step is not None:
             on_step(step, z)
-        predicted_z_0 = denoiser(z, schedule.model_timesteps(t, rescale_timesteps)).float()
+        predicted_z_0 = denoiser(z, schedule.model_timesteps(t, rescale_timesteps), previous_z_0).float()
+        if previous_z_0 is not None:
+            previous_z_0 = predicted_z_0
         if int(schedule.timestep_map[step]) >= clamp_step:
-            predicted_z_0 = denoiser.embed(nearest_embedding(predicted_z_0, embedding)).float()
+            predicted_z_0 = denoiser.embed(nearest_embedding(predicted_z_0, embedding, bias=bias)).float()
         mean = schedule.posterior_mean(predicted_z_0, z, t)
         if step > 0:
             z = mean + schedule.gather("reverse_variance", t, z.ndim).sqrt() * randn_like(z)

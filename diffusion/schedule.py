@@ -64,6 +64,14 @@ class Schedule:
         previous = torch.cat([torch.ones(1, dtype=torch.float64), kept_alpha_bars[:-1]])
         return Schedule(1 - kept_alpha_bars / previous, self.timestep_map[kept], self.original_steps)
 
+    def cache_on(self, device: torch.device) -> None:
+        """Put every coefficient table on `device` now: a compiled caller then finds them there
+        (filling the cache inside a compiled graph changes its guards and recompiles it once)."""
+        for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"):
+            key = (name, device)
+            if key not in self._device_cache:
+                self._device_cache[key] = getattr(self, name).to(device=device, dtype=torch.float32)
+
     def gather(self, name: str, t: torch.Tensor, ndim: int) -> torch.Tensor:
         """The coefficient `name` at steps t (B,), float32, shaped (B, 1, ..., 1) to broadcast over ndim dims."""
         key = (name, t.device)

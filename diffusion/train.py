@@ -24,7 +24,7 @@ import torch
 from . import atomic, checkpoint, distributed
 from .batches import BatchStream
 from .config import Config, ConfigError, load_config, to_dict
-from .data import load_encoded, load_tokenizer
+from .data import PAD, load_encoded, load_tokenizer, sequence_widths
 from .ema import EMA
 from .model import Denoiser, count_parameters
 from .objective import DiffusionObjective
@@ -65,10 +65,42 @@ def uses_compile(cfg: Config, device: torch.device) -> bool:
 
 
 def learning_rate_factor(cfg: Config):
-    steps = cfg.train.steps
+    steps, warmup = cfg.train.steps, cfg.train.warmup_steps
     if cfg.train.lr_schedule == "constant":
-        return lambda step: 1.0
-    return lambda step: max(0.0, 1.0 - step / steps)  # DiffuSeq: linear decay to 0, no warm-up
+        decay = lambda step: 1.0  # noqa: E731
+    else:
+        decay = lambda step: max(0.0, 1.0 - step / steps)  # noqa: E731  DiffuSeq: linear decay to 0, no warm-up
+    if warmup == 0:
+        return decay
+    return lambda step: min(1.0, (step + 1) / warmup) * decay(step)
+
+
+class LossWindow:
+    """Sums of the loss terms and of the real (non-PAD) tokens on the device between two log
+    lines, so that a step needs no host sync; `positions` is counted on the host."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.names: list[str] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = None
+        self.real_tokens = torch.zeros((), device=self.device, dtype=torch.long)
+        self.positions, self.micro_batches = 0, 0
+
+    def add(self, terms: dict[str, torch.Tensor], input_ids: torch.Tensor) -> None:
+        self.names = self.names or list(terms)
+        values = torch.stack([terms[name].detach().float().mean() for name in self.names])
+        self.sums = values if self.sums is None else self.sums + values
+        self.real_tokens += (input_ids != PAD).sum()
+        self.positions += input_ids.numel()
+        self.micro_batches += 1
+
+    def means(self) -> tuple[dict[str, float], int]:
+        """({term: mean over the window}, real tokens): the one host sync per log line."""
+        values = [total / self.micro_batches for total in self.sums.tolist()]
+        return dict(zip(self.names, values)), int(self.real_tokens.item())
 
 
 def load_data(cfg: Config, outdir: Path, data_dir: Path | None, env) -> tuple[Path, Config]:
@@ -101,7 +133,8 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
     denoiser = Denoiser(cfg.model)
     n_parameters = count_parameters(denoiser)  # before ZeRO-3 partitions them
     objective = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising, cfg.diffusion.rescale_timesteps,
-                                   torch.bfloat16 if uses_bf16(cfg, env.device) else None, uses_compile(cfg, env.device))
+                                   torch.bfloat16 if uses_bf16(cfg, env.device) else None, uses_compile(cfg, env.device),
+                                   cfg.diffusion.anchor_loss, dynamic_length=cfg.data.trim)
     optimizer = torch.optim.AdamW(
         objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
         fused=tc.fused_optimizer and env.device.type == "cuda",
@@ -110,10 +143,12 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
     engine, _, _, _ = deepspeed.initialize(
         model=objective, optimizer=optimizer, lr_scheduler=lr_schedule, config=deepspeed_config(cfg, env.world_size)
     )
-    ema = EMA(engine.module.denoiser, tc.ema_rate)
+    ema = EMA(engine.module.denoiser, tc.ema_rate, tc.ema_warmup)
     sampler = make_sampler(cfg.diffusion.timestep_sampler, schedule.num_steps, env.device)
     input_ids, input_mask = load_encoded(data_dir / "train.pt")
-    batches = BatchStream(input_ids, input_mask, tc.micro_batch_size, env.rank, env.world_size, tc.seed, env.device)
+    widths = sequence_widths(input_mask, cfg.data) if cfg.data.trim else None
+    batches = BatchStream(input_ids, input_mask, tc.micro_batch_size, env.rank, env.world_size, tc.seed, env.device,
+                          widths)
     torch.manual_seed(tc.seed + 1 + env.rank)  # noise, timesteps and dropout differ across ranks
 
     # --- resume from the last complete checkpoint, if any ---
@@ -144,7 +179,7 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
                         {"zero_stage": tc.zero_stage})
 
     # --- the loop ---
-    loss_sum = torch.zeros((), device=env.device)
+    window = LossWindow(env.device)
     window_start, window_steps, slowest_step, first_step = time.monotonic(), 0, 0.0, step
     stopped_for_time = False
     engine.train()
@@ -158,20 +193,24 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
             loss = (terms["loss"] * weights).mean()
             engine.backward(loss)
             engine.step()
-            loss_sum += terms["loss"].detach().mean()
+            window.add(terms, ids)
         step += 1
-        ema.update()
+        ema.update(step)
         window_steps += 1
         if step > first_step + 1:  # the first step of a start compiles: not what one more step costs
             slowest_step = max(slowest_step, time.monotonic() - step_start)
 
         if step % tc.log_every == 0 or step == last_step:
-            mean_loss = loss_sum.item() / (window_steps * accumulation)  # the one host sync per log
+            terms, real_tokens = window.means()
+            mean_loss = terms["loss"]
             elapsed = time.monotonic() - window_start
-            tokens_per_s = window_steps * tc.batch_size * cfg.data.seq_len * env.world_size / max(elapsed, 1e-9)
+            # positions (PAD included) and real tokens of every rank, per second
+            tokens_per_s = window.positions * env.world_size / max(elapsed, 1e-9)
             record = {
                 "step": step, "loss": mean_loss, "lr": lr_schedule.get_last_lr()[0],
-                "tokens_per_s": tokens_per_s, "s_per_step": elapsed / window_steps,
+                "terms": {k: v for k, v in terms.items() if k != "loss"},
+                "tokens_per_s": tokens_per_s, "real_tokens_per_s": real_tokens * env.world_size / max(elapsed, 1e-9),
+                "s_per_step": elapsed / window_steps,
                 "eta_s": (tc.steps - step) * elapsed / window_steps, "time": time.time(), "total_steps": tc.steps,
             }
             if env.device.type == "cuda":  # allocator statistics: no device sync
@@ -180,8 +219,10 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
                 with open(outdir / "train_log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 atomic.write_json(outdir / "heartbeat.json", record)
-                print(f"[train] step {step}/{tc.steps} loss {mean_loss:.4f} {tokens_per_s:,.0f} tok/s", flush=True)
-            loss_sum.zero_()
+                shown = " ".join(f"{k} {v:.4f}" for k, v in record["terms"].items())
+                print(f"[train] step {step}/{tc.steps} loss {mean_loss:.4f} ({shown}) {tokens_per_s:,.0f} positions/s, "
+                      f"{record['real_tokens_per_s']:,.0f} real tokens/s", flush=True)
+            window.reset()
             window_start, window_steps = time.monotonic(), 0
 
         if tc.time_limit_s is not None:

@@ -205,6 +205,10 @@ def print_status(st: dict) -> None:
         if beat and stage["state"] != "done":
             progress = (f"step {beat['step']}/{beat['total_steps']}  loss {beat['loss']:.4f}  "
                         f"{beat['tokens_per_s']:,.0f} tok/s  ETA {format_eta(beat['eta_s'])}")
+            if beat["real_tokens_per_s"] is not None:
+                progress += f"  {beat['real_tokens_per_s']:,.0f} real tok/s"
+            if beat["terms"]:  # where the loss goes: mse on source and target positions, nll, tT, anchor
+                progress += "\n" + "  ".join(f"{k} {v:.4f}" for k, v in beat["terms"].items())
         for i, task in enumerate(stage["tasks"]):
             job = task["job"] or ""
             if task["job_state"] and task["state"] not in ("done",):
@@ -294,7 +298,7 @@ def cmd_score(args) -> int:
     except OSError as err:
         raise UserError(f"BERTScore model {model!r} cannot be loaded ({err}); pass --bertscore-model PATH or --no-bertscore") from None
     if args.json:
-        print(json.dumps({k: result[k] for k in ("bleu", "rouge_l", "bertscore", "dist1", "len", "sacrebleu")}))
+        print(json.dumps(result))  # every figure the text output shows
         return 0
     table = Table("metric", "value", title=f"{path} ({len(hyps)} samples)")
     for key, value in result.items():

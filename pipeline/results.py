@@ -19,8 +19,9 @@ from diffusion import atomic
 
 METRICS = ("bleu", "rouge_l", "bertscore", "dist1", "len")  # Table 1 columns, in order
 HEADERS = {"bleu": "BLEU", "rouge_l": "ROUGE-L", "bertscore": "BERTScore", "dist1": "Dist-1", "len": "len",
-           "self_bleu_src": "copy BLEU", "sacrebleu": "sacreBLEU"}
-COLUMNS = METRICS + ("self_bleu_src", "sacrebleu")  # the five of the report, then our two extras
+           "self_bleu_src": "copy BLEU", "sacrebleu": "sacreBLEU", "empty": "empty"}
+# the five of the report, then our extras: BLEU against the source, corpus BLEU, share of empty outputs
+COLUMNS = METRICS + ("self_bleu_src", "sacrebleu", "empty")
 _REQUIRED = ("run", "label", "step", "split", "rows", "copy_source")
 
 

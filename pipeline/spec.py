@@ -493,6 +493,8 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
     at_least("data.max_train_pairs", 1, optional=True)
     at_least("data.vocab_size", 1)
     at_least("data.seq_len", 5)  # [CLS] x [SEP] [SEP] [CLS] y [SEP] needs 5 special tokens
+    check(d.target_ratio >= 0, "data.target_ratio", f"must be at least 0, got {d.target_ratio}")
+    at_least("data.target_margin", 3)  # [CLS], one token and [SEP]
     check(d.seq_len <= m.max_positions, "data.seq_len",
           f"{d.seq_len} is longer than model.max_positions ({m.max_positions})")
     split = spec.evaluate.split
@@ -508,6 +510,7 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
           f"model.hidden_size ({m.hidden_size}) is not a multiple of num_heads ({m.num_heads})")
     check(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")
     at_least("diffusion.steps", 1)
+    at_least("diffusion.anchor_loss", 0)
 
     for key in ("steps", "batch_size", "micro_batch_size", "log_every"):
         at_least(f"train.{key}", 1)
@@ -520,6 +523,7 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
     check(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", f"must be 0, 1, 2 or 3, got {t.zero_stage}")
     at_least("train.weight_decay", 0)
     at_least("train.grad_clip", 0)
+    at_least("train.warmup_steps", 0)
     check(t.time_limit_s is None or t.time_limit_s > 0, "train.time_limit_s", f"must be positive, got {t.time_limit_s}")
 
     at_least("sample.steps", 1, optional=True)

@@ -202,9 +202,20 @@ def evaluate(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:
         "run": layout.run_id, "label": spec.evaluate.label or default_label(spec), "noising": spec.diffusion.noising,
         "step": step, "split": spec.evaluate.split, "n": len(chosen), "rows": rows,
         "copy_source": scores(chosen, "src"),  # QQP rewards copying: the source itself as the paraphrase
+        "diagnostics": checkpoint_diagnostics(layout, spec, step),
     }
     atomic.write_json(layout.metrics(step), result)
     return {"metrics": str(layout.metrics(step))}
+
+
+def checkpoint_diagnostics(layout: RunLayout, spec: JobSpec, step: int) -> dict:
+    """The denoiser's token accuracy at a few noise levels on the evaluated pairs, and the
+    embedding norms: they show learning (or a collapse) long before BLEU moves."""
+    from diffusion.data import load_pairs
+    from diffusion.diagnostics import diagnose
+
+    pairs = load_pairs(layout.data / f"{spec.evaluate.split}.jsonl", spec.sample.max_examples)
+    return diagnose(layout.checkpoint(step), pairs)
 
 
 def default_label(spec: JobSpec) -> str:

@@ -37,7 +37,9 @@ def training_progress(layout: RunLayout) -> dict | None:
     if not beat:
         return None
     return {"step": beat["step"], "total_steps": beat["total_steps"], "loss": beat["loss"],
-            "eta_s": beat["eta_s"], "tokens_per_s": beat["tokens_per_s"], "age_s": time.time() - beat["time"]}
+            "eta_s": beat["eta_s"], "tokens_per_s": beat["tokens_per_s"], "age_s": time.time() - beat["time"],
+            # logs of older trainers have neither
+            "terms": beat.get("terms", {}), "real_tokens_per_s": beat.get("real_tokens_per_s")}
 
 
 def local_loop_alive(layout: RunLayout) -> bool:

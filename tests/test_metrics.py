@@ -70,7 +70,7 @@ def test_score_keys_and_self_bleu():
     srcs = ["how do i learn python fast", "what is the best pizza in town"]
     s = M.score(srcs, ["how can i learn python", "where is good pizza"], srcs=srcs,
                 bertscore_model=None)
-    assert set(s) == {"bleu", "rouge_l", "bertscore", "dist1", "len", "sacrebleu", "self_bleu_src"}
+    assert set(s) == {"bleu", "rouge_l", "bertscore", "dist1", "len", "sacrebleu", "self_bleu_src", "empty"}
     assert s["bertscore"] is None
     assert s["self_bleu_src"] == 1.0
     assert "self_bleu_src" not in M.score(srcs, srcs, bertscore_model=None)

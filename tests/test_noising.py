@@ -45,7 +45,7 @@ def test_full_mode_training_noises_the_source(batch, denoiser):
     _, z_0, z_t = objective.noised(ids, mask, torch.full((4,), T - 1))
     assert not torch.allclose(z_t[mask == 0], z_0[mask == 0], atol=0.1)
     terms = objective(ids, mask, torch.tensor([0, 5, 20, T - 1]))
-    assert set(terms) == {"loss", "mse", "nll", "tT"} and terms["loss"].shape == (4,)
+    assert set(terms) == {"loss", "mse", "nll", "tT", "mse_source", "mse_target"} and terms["loss"].shape == (4,)
 
 
 def record_states(denoiser, batch, noising, full_mode):

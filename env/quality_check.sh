@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 12 in one device call on one GPU, from the repo root: the budget recipe for both noising
+# modes (jobs/qqp_fast_target.yaml, jobs/qqp_fast_full.yaml) through `pipeline submit --executor
+# local --wait` as a user runs it, one after the other (the card to itself: the logged speeds are
+# the card's), each checkpoint sampled on the first N=200 pairs of QQP's valid split (single
+# sample, T = 2000), then the combined table (BLEU, ROUGE-L, Dist-1, len, BLEU against the source,
+# empty outputs, the copy-the-source row), the checkpoint diagnostics, the training speed and the
+# first outputs. diffusion/QUALITY.md holds what it printed. Needs .device/wheels and .device/data
+# (carried; set-up: env/device_setup.sh). Extra `--set` values for both: SET="train.steps=100 ...".
+# PARALLEL=1 runs the two specs at once on the card (quicker; their logged speeds are then shared).
+set -uo pipefail
+source env/device_setup.sh
+export PIPELINE_ROOT=/tmp/runs
+one_mode() {
+  local mode=$1
+  local sets=(--set data.train=.device/data/train.jsonl --set data.valid=.device/data/valid.jsonl
+        --set resources.train.gpus=1 --set resources.sample.gpus=1 --set evaluate.bertscore_model=null
+        --set sample.max_examples=${N:-200})
+  for s in ${SET:-}; do sets+=(--set "$s"); done
+  local limit=$([ $mode = target ] && echo ${TARGET_S:-300} || echo ${FULL_S:-260})
+  run "fast_$mode" $limit python3 -m pipeline.cli submit jobs/qqp_fast_$mode.yaml --executor local --wait "${sets[@]}"
+  python3 -m pipeline.cli cancel qqp-fast-$mode > /dev/null 2>&1  # nothing left on the card if it ran out of time
+  cp $PIPELINE_ROOT/qqp-fast-$mode/train_log.jsonl "$OUT/train_log_$mode.jsonl" 2>/dev/null
+  for f in $PIPELINE_ROOT/qqp-fast-$mode/samples/step_*/samples.jsonl; do
+    [ -f "$f" ] && { echo "== $f"; head -12 "$f"; } >> "/tmp/samples_$mode.txt"; done
+}
+if [ "${PARALLEL:-0}" = 1 ]; then
+  one_mode target & one_mode full & wait
+else
+  one_mode target; one_mode full
+fi
+cat /tmp/samples_target.txt /tmp/samples_full.txt > "$OUT/samples.txt" 2>/dev/null
+python3 -m pipeline.cli results qqp-fast-target qqp-fast-full --out /tmp/results 2>&1 | tee "$OUT/table.txt"
+python3 env/quality_summary.py $PIPELINE_ROOT/qqp-fast-target $PIPELINE_ROOT/qqp-fast-full | tee -a "$OUT/table.txt"
