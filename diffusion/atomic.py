@@ -1,7 +1,9 @@
 """Atomic writes: write beside the target, fsync, then rename into place.
 
 A reader (another stage, a resumed job) sees either the old file or the complete new one, never
-a half-written file, even when the writer is killed mid-way.
+a half-written file, even when the writer is killed mid-way. The file gets the mode a plain
+`open` would give it (0666 less the umask: group-readable under the usual 022 or 002), not the
+private 0600 of a temporary file, so colleagues can read a shared results folder.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         yield Path(tmp)
@@ -29,6 +32,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -17,6 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from . import atomic
+from .pairs import DataError, check_pairs_file  # noqa: F401  (DataError: raised by this module too)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 PAD, UNK, CLS, SEP = range(4)
@@ -26,36 +27,13 @@ TEST_SIZE = 2500
 VALID_SIZE = 2048
 
 
-class DataError(ValueError):
-    """A data file is missing, unreadable or malformed; the message names the file (and line)."""
-
-
 def load_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
     """Paraphrase pairs from DiffuSeq-format jsonl ({"src": str, "trg": str} a line), first `limit`."""
     import datasets
 
-    path = Path(path)
     # Check every line first: the Arrow JSON reader behind `datasets` reports a bad line
     # without its number, and it parses the whole file whatever `limit` is.
-    count = 0
-    try:
-        with path.open("rb") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
-                    raise DataError(f"{path}:{lineno}: not valid JSON: {err}") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                for key in ("src", "trg"):
-                    if not isinstance(row.get(key), str):
-                        problem = "missing" if key not in row else f"not a string ({row[key]!r})"
-                        raise DataError(f"{path}:{lineno}: field {key!r} is {problem}")
-                count += 1
-    except OSError as err:
-        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+    count = check_pairs_file(path)
     if count == 0:
         return []
     datasets.disable_progress_bars()

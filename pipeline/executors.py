@@ -25,7 +25,10 @@ def partition_of(site: SiteSpec, res: StageResources) -> str | None:
 def make_executor(kind: str, folder: Path, site: SiteSpec, res: StageResources, name: str = "") -> submitit.Executor:
     if kind == "local":
         executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=res.time_min, gpus_per_node=res.gpus)
+        # Ctrl-C in the terminal of `pipeline submit --wait` reaches every process of its group:
+        # the local jobs ignore it (inherited down to the trainer), so it stops the following,
+        # not the study, which the background loop then carries on
+        executor.update_parameters(timeout_min=res.time_min, gpus_per_node=res.gpus, setup=["trap '' INT"])
         return executor
     if kind == "slurm":
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")

@@ -109,12 +109,18 @@ def _fmt(key: str, value, missing: str = "–") -> str:
     return f"{value:.2f}" if key in ("len", "sacrebleu") else f"{value:.4f}"
 
 
+def several_runs(rows: list[dict]) -> bool:
+    """Rows of more than one run get a Run column: two runs with one label must not look alike."""
+    return len({r["run"] for r in rows if r["decoding"] != "copy"}) > 1
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| Model | " + " | ".join(HEADERS[k] for k in COLUMNS) + " |",
-             "| --- " + "| ---: " * len(COLUMNS) + "|"]
+    run = several_runs(rows)
+    lines = ["| Model | " + ("Run | " if run else "") + " | ".join(HEADERS[k] for k in COLUMNS) + " |",
+             "| --- " + ("| --- " if run else "") + "| ---: " * len(COLUMNS) + "|"]
     for r in rows:
         name = r["model"].replace("|", r"\|")  # labels come from job specs: keep the table intact
-        lines.append(f"| {name} | " + " | ".join(_fmt(k, r[k]) for k in COLUMNS) + " |")
+        lines.append(f"| {name} | " + (f"{r['run']} | " if run else "") + " | ".join(_fmt(k, r[k]) for k in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -128,11 +134,13 @@ def tex_escape(text: str) -> str:
 
 def latex(rows: list[dict]) -> str:
     # "--" is LaTeX's en dash: the same "–" as the other tables, without relying on UTF-8 input
-    body = [tex_escape(r["model"]) + " & " + " & ".join(_fmt(k, r[k], "--") for k in COLUMNS) + r" \\"
-            for r in rows]
+    run = several_runs(rows)
+    body = [tex_escape(r["model"]) + " & " + (tex_escape(r["run"]) + " & " if run else "")
+            + " & ".join(_fmt(k, r[k], "--") for k in COLUMNS) + r" \\" for r in rows]
     return "\n".join([r"% needs \usepackage{booktabs}",
-                      r"\begin{tabular}{l" + "r" * len(COLUMNS) + "}", r"\toprule",
-                      "Model & " + " & ".join(tex_escape(HEADERS[k]) for k in COLUMNS) + r" \\", r"\midrule",
+                      r"\begin{tabular}{l" + ("l" if run else "") + "r" * len(COLUMNS) + "}", r"\toprule",
+                      "Model & " + ("Run & " if run else "") + " & ".join(tex_escape(HEADERS[k]) for k in COLUMNS)
+                      + r" \\", r"\midrule",
                       *body, r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
@@ -207,16 +215,18 @@ def plot_metrics(metric_files: list[dict], out_path: Path) -> Path:
 
 
 # --- console ---
-def render_console(rows: list[dict]) -> str:
+def render_console(rows: list[dict], width: int | None = 140) -> str:
+    """The table as text, `width` columns at most (None: as wide as it needs)."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("Model", *(HEADERS[k] for k in COLUMNS), title="Table 1")
-    for col in table.columns[1:]:
+    run = several_runs(rows)
+    table = Table("Model", *(["Run"] if run else []), *(HEADERS[k] for k in COLUMNS), title="Table 1")
+    for col in table.columns[2 if run else 1:]:
         col.justify = "right"
     for r in rows:
-        table.add_row(r["model"], *(_fmt(k, r[k]) for k in COLUMNS))
-    console = Console(file=io.StringIO(), width=140, record=True)
+        table.add_row(r["model"], *([r["run"]] if run else []), *(_fmt(k, r[k]) for k in COLUMNS))
+    console = Console(file=io.StringIO(), width=width or 100_000, record=True)
     console.print(table)
     return console.export_text()
 

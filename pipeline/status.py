@@ -1,10 +1,13 @@
 """What a run is doing: its markers, its jobs' states from one scheduler query, the trainer's heartbeat.
 
-    state of a task:  done | running | queued (its job waits) | waiting (no job yet: inputs not ready)
-                      | failed (its own error, or given up after repeated kills) | blocked (a prerequisite failed)
-                      | cancelled
+    state of a task (TASK_STATES, the same words in the table and in --json):
+        done | running | queued (its job waits in the scheduler, or it is resubmitted at the next pass)
+        | waiting-for-input (a prerequisite is not done) | waiting-for-resources (inputs ready; the
+        local cores are taken) | failed (its own error, or given up after repeated kills)
+        | blocked (a prerequisite failed) | cancelled | stopped (a local run whose loop is gone)
+      with `reason` saying why a task that is not running waits, and `log` for a running or failed one.
     state of a run:   done | running | queued | failed (nothing can go on without `pipeline retry`)
-                      | cancelled | stopped (local executor: its loop is gone; submit again to go on)
+                      | cancelled | stopped (local executor: its loop is gone; `pipeline retry` goes on)
 """
 
 from __future__ import annotations
@@ -47,17 +50,23 @@ def local_loop_alive(layout: RunLayout) -> bool:
     return bool(loop) and process_alive(loop["pid"])
 
 
+TASK_STATES = ("done", "running", "queued", "waiting-for-input", "waiting-for-resources", "failed", "blocked",
+               "cancelled", "stopped")
+
+
 def run_status(layout: RunLayout, report: dict) -> dict:
     """`report`: what pipeline.advance.advance returned for this run (its states come from one query)."""
     spec = load_frozen(layout.spec)
     registry = Registry(layout)
     states, given_up = report["states"], report.get("given_up", {})
     cancelled = (layout.state / "cancelled").is_file()
+    loop_gone = report.get("executor") == "local" and not local_loop_alive(layout)
     by_name, failures = {}, []
     for task in tasks(spec):
         entry = registry.current(task.name)
         job_state = states.get(entry["job_id"]) if entry else None
         failure = layout.failure(task.stage, task.step)
+        reason = ""
         if layout.is_done(task.stage, task.step):
             state = "done"
         elif job_state and is_live(job_state):
@@ -75,18 +84,33 @@ def run_status(layout: RunLayout, report: dict) -> dict:
         elif cancelled:
             state = "cancelled"
         elif any(by_name.get(p.name, {}).get("state") in ("failed", "blocked") for p in prerequisites(task, spec)):
-            state = "blocked"
+            state, reason = "blocked", "a task it needs failed"
+        elif loop_gone:
+            state, reason = "stopped", "nothing submits it: the run's local loop is gone"
+        elif entry and job_state:  # its job ended without the task's output (killed): submitted again
+            state, reason = "queued", f"its job {entry['job_id']} ended without finishing it; it is submitted again"
         else:
-            state = "waiting"
-        by_name[task.name] = {"task": task.name, "stage": task.stage, "step": task.step, "state": state,
-                              "job": entry["job_id"] if entry else None, "job_state": job_state,
-                              "starts": attempts(layout, task.name)}
+            waiting_for = [p.name for p in prerequisites(task, spec) if by_name.get(p.name, {}).get("state") != "done"]
+            if waiting_for:
+                state, reason = "waiting-for-input", "waits for " + ", ".join(waiting_for)
+            else:
+                state, reason = "waiting-for-resources", ("inputs ready; waits for free cores on this machine"
+                                                          if report.get("executor") == "local" else
+                                                          "inputs ready; submitted at the next pass")
+        row = {"task": task.name, "stage": task.stage, "step": task.step, "state": state,
+               "job": entry["job_id"] if entry else None, "job_state": job_state if state in ("running", "queued") else None,
+               "starts": attempts(layout, task.name)}
+        if state not in ("done", "running", "failed", "cancelled"):
+            row["reason"] = reason
+        if state in ("running", "failed"):
+            row["log"] = str(layout.log(task.stage, task.step))
+        by_name[task.name] = row
     stages = []
     for stage in STAGES:
         rows = [row for row in by_name.values() if row["stage"] == stage]
         entry = {"stage": stage, "done": sum(r["state"] == "done" for r in rows), "total": len(rows), "tasks": rows,
                  "state": _stage_state([r["state"] for r in rows])}
-        if stage == "train":
+        if stage == "train" and entry["state"] == "running":  # no speed or ETA for a task that does not run
             entry["progress"] = training_progress(layout)
         stages.append(entry)
     every = [row["state"] for row in by_name.values()]
@@ -100,22 +124,37 @@ def run_status(layout: RunLayout, report: dict) -> dict:
         state = "queued"
     elif failures:
         state = "failed"
-    elif report.get("executor") == "local" and not local_loop_alive(layout):
+    elif loop_gone:
         state = "stopped"
     else:
         state = "queued"  # the next advance submits what is waiting
     return {"run": layout.run_id, "state": state, "dir": str(layout.dir), "executor": report.get("executor"),
+            "next": NEXT_STEP.get(state, "").format(run=layout.run_id),
             "stages": stages, "failures": failures, "submitted": report.get("submitted", []),
             "scheduler_queries": 1 if report["states"] else 0}
 
 
+# what a user types to go on from a run in this state
+NEXT_STEP = {
+    "stopped": "nothing drives it any more (its loop ended with the process that ran it); continue it with "
+               "`pipeline retry {run}`",
+    "cancelled": "continue it with `pipeline retry {run}`",
+    "failed": "see the failed tasks' logs; after fixing the cause, `pipeline retry {run}` runs them again",
+}
+
+
 def _stage_state(states: list[str]) -> str:
-    for state in ("failed", "running", "blocked", "cancelled"):
+    for state in ("failed", "running", "blocked", "cancelled", "stopped"):
         if state in states:
             return state
     if all(s == "done" for s in states):
         return "done"
-    return "running" if "done" in states else ("queued" if "queued" in states else "waiting")
+    if "done" in states:
+        return "running"
+    for state in ("queued", "waiting-for-resources"):
+        if state in states:
+            return state
+    return "waiting-for-input"
 
 
 def list_runs(root: Path) -> list[RunLayout]:

@@ -1,0 +1,46 @@
+"""Checking a DiffuSeq-format jsonl file of pairs ({"src": str, "trg": str} a line), line by line.
+
+Standard library only: the pipeline runs it on a login node at submit time, before anything is
+queued, and `data.load_pairs` runs it again before reading the file for real.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A data file is missing, unreadable or malformed; the message names the file (and line)."""
+
+
+def check_pairs_file(path: str | Path, fields: tuple[str, ...] = ("src", "trg")) -> int:
+    """The number of pairs in `path` (blank lines skipped); a DataError naming the file and the
+    line for anything that is not a JSON object with string `fields`."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a jsonl file")
+    count = 0
+    try:
+        with path.open("rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    # decoded here: json.loads guesses UTF-16 from some bytes; and without its newline,
+                    # an error at the end of the line does not read "line 2"
+                    row = json.loads(line.decode("utf-8").rstrip("\r\n"))
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {err.start} of the line)") from None
+                except json.JSONDecodeError as err:  # its own "line 1 column 5" would name the wrong line
+                    raise DataError(f"{path}:{lineno}: not valid JSON: {err.msg} (column {err.colno})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                for key in fields:
+                    if not isinstance(row.get(key), str):
+                        problem = "missing" if key not in row else f"not a string ({row[key]!r})"
+                        raise DataError(f"{path}:{lineno}: field {key!r} is {problem}")
+                count += 1
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+    return count
