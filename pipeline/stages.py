@@ -219,10 +219,10 @@ def evaluate(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:
 def checkpoint_diagnostics(layout: RunLayout, spec: JobSpec, step: int) -> dict:
     """The denoiser's token accuracy at a few noise levels on the evaluated pairs, and the
     embedding norms: they show learning (or a collapse) long before BLEU moves."""
-    from diffusion.data import load_pairs
     from diffusion.diagnostics import diagnose
+    from diffusion.pairs import read_pairs
 
-    pairs = load_pairs(layout.data / f"{spec.evaluate.split}.jsonl", spec.sample.max_examples)
+    pairs = read_pairs(layout.data / f"{spec.evaluate.split}.jsonl", spec.sample.max_examples)
     return diagnose(layout.checkpoint(step), pairs)
 
 

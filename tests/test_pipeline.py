@@ -85,7 +85,9 @@ def test_score_command_prints_the_protocol_metrics(finished_runs, tmp_path):
     samples = RunLayout(finished_runs, "demo-full").samples(40) / "samples.jsonl"
     proc = pipeline("score", samples, "--no-bertscore", "--json", root=finished_runs)
     result = json.loads(proc.stdout)
-    assert set(result) == {"bleu", "rouge_l", "bertscore", "dist1", "len", "sacrebleu"} and result["bertscore"] is None
+    # every figure the text output shows (issue 15): BLEU against the source and empty outputs too
+    assert set(result) == {"bleu", "rouge_l", "bertscore", "dist1", "len", "sacrebleu", "self_bleu_src", "empty"}
+    assert result["bertscore"] is None
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"hyp": "a", "ref": "b"}\n{"hyp": 1}\n')
     proc = pipeline("score", bad, "--no-bertscore", root=finished_runs, check=False)
@@ -112,7 +114,7 @@ def test_a_training_job_killed_mid_write_leaves_no_completion_marker(tmp_path):
     for step, folder in checkpoint.complete_steps(run.checkpoints):
         checkpoint.verify(folder)  # whatever carries a final name is complete
     # submitting again resumes from the last complete checkpoint and finishes the study
-    pipeline("submit", "jobs/demo_target.yaml", *SMALL, *slow, "--wait", root=root)
+    pipeline("submit", "jobs/demo_target.yaml", *SMALL, *slow, "--wait", root=root, timeout=1200)
     assert status(root, "demo-target")["state"] == "done"
     assert "resumed from" in run.log("train").read_text()
 

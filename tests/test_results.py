@@ -100,14 +100,15 @@ def test_markdown_table(written):
     out, paths = written
     assert set(paths) == {"md", "csv", "tex", "json", "png"} and paths["md"] == out / "table.md"
     lines = paths["md"].read_text().splitlines()
-    assert lines[0] == "| Model | BLEU | ROUGE-L | BERTScore | Dist-1 | len | copy BLEU | sacreBLEU |"
+    # two runs: a Run column (issue 15); the share of empty outputs last (issue 12)
+    assert lines[0] == "| Model | Run | BLEU | ROUGE-L | BERTScore | Dist-1 | len | copy BLEU | sacreBLEU | empty |"
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert [c[0] for c in cells] == MODELS
-    row = dict(zip(["model", *R.COLUMNS], cells[1]))  # Full-Noised at step 200
+    row = dict(zip(["model", "run", *R.COLUMNS], cells[1]))  # Full-Noised at step 200
     s = _scores(HYPS[200])
     assert row["bleu"] == f"{s['bleu']:.4f}" and row["rouge_l"] == f"{s['rouge_l']:.4f}"
     assert row["bertscore"] == "–" and row["len"] == f"{s['len']:.2f}" and row["sacrebleu"] == f"{s['sacrebleu']:.2f}"
-    assert cells[-1][R.COLUMNS.index("self_bleu_src") + 1] == "1.0000"
+    assert cells[-1][R.COLUMNS.index("self_bleu_src") + 2] == "1.0000"
     assert not list(out.glob(".*"))  # no temp files left behind
 
 
@@ -126,9 +127,9 @@ def test_csv_and_json_tables(written):
 def test_latex_table(written):
     _, paths = written
     tex = paths["tex"].read_text()
-    for part in (r"\begin{tabular}{lrrrrrrr}", r"\toprule", r"\midrule", r"\bottomrule", r"\end{tabular}"):
+    for part in (r"\begin{tabular}{llrrrrrrrr}", r"\toprule", r"\midrule", r"\bottomrule", r"\end{tabular}"):
         assert part in tex
-    assert "Model & BLEU & ROUGE-L & BERTScore & Dist-1 & len & copy BLEU & sacreBLEU \\\\" in tex
+    assert "Model & Run & BLEU & ROUGE-L & BERTScore & Dist-1 & len & copy BLEU & sacreBLEU & empty \\\\" in tex
     assert r"DiffuSeq (200 interval) MBR-2 & " in tex and "--" in tex and "–" not in tex
     assert R.tex_escape("run_a & 5% {x}") == r"run\_a \& 5\% \{x\}"
 
