@@ -143,9 +143,9 @@ def sequence_widths(input_mask: torch.Tensor, cfg) -> torch.Tensor:
     seq_len = input_mask.shape[-1]
     if not cfg.trim:
         return torch.full(input_mask.shape[:-1], seq_len, dtype=torch.long)
-    source_part = (input_mask == 0).sum(-1)
-    budget = torch.ceil(cfg.target_ratio * (source_part - 3).double()).long() + cfg.target_margin
-    return (source_part + budget).clamp(max=seq_len)
+    source_part = (input_mask == 0).sum(-1)  # [CLS] x [SEP] [SEP]: 3 + the source's tokens
+    budget = target_budget(cfg)
+    return torch.tensor([s + budget(s - 3) for s in source_part.tolist()], dtype=torch.long).clamp(max=seq_len)
 
 
 def batch_width(widths: torch.Tensor, seq_len: int, multiple: int = 8) -> int:

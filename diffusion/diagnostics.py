@@ -20,7 +20,7 @@ import sys
 import torch
 
 from .data import PAD, batch_width, encode_pairs, sequence_widths, target_budget, width_batches
-from .objective import keep_source
+from .objective import DiffusionObjective
 from .sampling import nearest_embedding
 from .schedule import Schedule
 
@@ -59,16 +59,12 @@ def token_accuracy(denoiser, cfg, tokenizer, pairs: list[dict], device, levels=N
 
 def denoise_once(denoiser, schedule: Schedule, cfg, ids, mask, step: int, generator) -> torch.Tensor:
     """The denoiser's estimate of z_0 from the batch noised to `step` under the model's noising mode."""
-    emb = denoiser.embed(ids).float()
-
     def randn_like(x):
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
     t = torch.full((ids.shape[0],), step, device=ids.device, dtype=torch.long)
-    z_0 = emb + schedule.gather("sqrt_one_minus_alphas_cumprod", torch.zeros_like(t), emb.ndim) * randn_like(emb)
-    z_t = schedule.q_sample(z_0, t, randn_like(z_0))
-    if cfg.diffusion.noising == "target":
-        z_t = keep_source(z_t, z_0, mask)
+    # the training objective's own noising, with the diagnosis's seeded noise
+    _, _, z_t = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising).noised(ids, mask, t, randn_like)
     model_t = schedule.model_timesteps(t, cfg.diffusion.rescale_timesteps)
     predicted = denoiser(z_t, model_t).float()
     if denoiser.cfg.self_condition:

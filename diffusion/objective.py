@@ -64,13 +64,14 @@ class DiffusionObjective(nn.Module):
         # not a submodule, so the state dict keeps its names
         self._compiled = torch.compile(self.autocast_loss_terms, options=COMPILE_OPTIONS) if compile else None
 
-    def noised(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor):
-        """(embedding, z_0, z_t) of a batch, each (B, L, D), under this noising mode."""
+    def noised(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor, randn_like=torch.randn_like):
+        """(embedding, z_0, z_t) of a batch, each (B, L, D), under this noising mode (`randn_like`:
+        where the noise comes from, e.g. a seeded generator)."""
         s = self.schedule
         emb = self.denoiser.embed(input_ids)
         zeros = torch.zeros_like(t)
-        z_0 = emb + s.gather("sqrt_one_minus_alphas_cumprod", zeros, emb.ndim) * torch.randn_like(emb)
-        z_t = s.q_sample(z_0, t, torch.randn_like(z_0))
+        z_0 = emb + s.gather("sqrt_one_minus_alphas_cumprod", zeros, emb.ndim) * randn_like(emb)
+        z_t = s.q_sample(z_0, t, randn_like(z_0))
         if self.noising == "target":
             z_t = keep_source(z_t, z_0, input_mask)
         return emb, z_0, z_t
