@@ -103,7 +103,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    steps: int | None = None  # None: all T steps; fewer respaces the schedule
+    steps: int | None = None  # None: all T steps; fewer respaces the schedule (time-uniform)
+    # how z moves from one step to the next: DiffuSeq's ancestral DDPM, DDIM, or DPM-Solver++(2M),
+    # the last two made for few steps (DiffuSeq-v2: 10-20 DPM-Solver++ steps ~ 2000 DDPM steps)
+    solver: Literal["ddpm", "ddim", "dpm++2m"] = "ddpm"
+    eta: float = 0.0  # ddim only: the share of the posterior's noise added back at each step
     clamp_step: int = 0  # round x0 to the nearest embedding at every step t >= clamp_step
     # how x0 is rounded to a token: the nearest embedding in L2 (DiffuSeq), or the decoder's choice,
     # argmax lm_head(x0), as the final read-out and the anchor loss choose. A blurry x0 (high noise)

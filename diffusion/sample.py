@@ -51,7 +51,7 @@ def generate(denoiser, cfg, tokenizer, pairs: list[dict], seed: int, sample_cfg:
         mask = input_mask[batch, :width].to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext():
             tokens = sample_tokens(denoiser, schedule, ids, mask, cfg.diffusion.noising, sample_cfg.full_mode,
-                                   sample_cfg.clamp_step, sample_cfg.rounding, generator, cfg.diffusion.rescale_timesteps)
+                                   sample_cfg.clamp_step, sample_cfg.rounding, sample_cfg.solver, sample_cfg.eta, generator, cfg.diffusion.rescale_timesteps)
         for index, row_mask, row_tokens in zip(batch.tolist(), mask.cpu(), tokens.cpu()):
             hypotheses[index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])
         if progress:
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="output jsonl of {src, ref, hyp}")
     parser.add_argument("--seeds", help="comma-separated seeds, one candidate each (default: the config's)")
     parser.add_argument("--steps", type=int, help="respaced number of reverse steps (default: all T)")
+    parser.add_argument("--solver", choices=["ddpm", "ddim", "dpm++2m"])
+    parser.add_argument("--eta", type=float, help="ddim: share of the posterior noise (0: deterministic)")
     parser.add_argument("--clamp-step", type=int)
     parser.add_argument("--rounding", choices=["l2", "logits"], help="round x0 to the nearest embedding or the logits' argmax")
     parser.add_argument("--batch-size", type=int)
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
             "steps": args.steps, "clamp_step": args.clamp_step, "batch_size": args.batch_size,
             "max_examples": args.max_examples, "full_mode": args.full_mode, "compile": args.compile,
-            "weights": args.weights, "rounding": args.rounding,
+            "weights": args.weights, "rounding": args.rounding, "solver": args.solver, "eta": args.eta,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         summary = run(args.checkpoint, args.split, args.out, overrides, args.cpu)

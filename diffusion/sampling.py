@@ -1,8 +1,17 @@
-"""Reverse diffusion: DDPM with DiffuSeq's per-step rounding, for both noising modes.
+"""Reverse diffusion with DiffuSeq's per-step rounding, for both noising modes and three solvers.
 
-At each step t (from T-1 down to 0) the denoiser predicts z_0; from t >= clamp_step on, that
-prediction is replaced by its nearest word embedding (L2, DiffuSeq's "clamping"); then
-z_{t-1} ~ N(posterior_mean(z_0, z_t), fixed variance). Source positions are handled by mode:
+At each step t (from T-1 down to 0 over the schedule's steps, all T or a time-uniform subset) the
+denoiser predicts z_0; from t >= clamp_step on, that prediction is replaced by its nearest word
+embedding (L2, DiffuSeq's "clamping"); then the solver moves z_t to the next step:
+
+- ddpm (DiffuSeq): z_{t-1} ~ N(posterior_mean(z_0, z_t), fixed variance);
+- ddim: z_{t-1} = sqrt(abar') z_0 + sqrt(1 - abar' - sigma^2) eps + sigma noise, with
+  sigma = eta * sqrt(posterior variance) (eta = 0: deterministic; eta = 1: DDPM's mean);
+- dpm++2m: DPM-Solver++(2M) (Lu et al. 2022), the multistep second-order solver for an
+  x0-predicting model; its first step (no history yet) is DDIM's with eta = 0.
+
+After the step at t = 0 every solver holds the (rounded) z_0 prediction. Source positions are
+handled by mode:
 
 - target (DiffuSeq): the source stays the clean embedding at every step;
 - full, conditional: before each step the source is the clean embedding forward-diffused to
@@ -15,6 +24,7 @@ denoiser gets its previous (unrounded) estimate of z_0 back at every step, zeros
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -48,6 +58,46 @@ def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, chunk_elements: 
     return ids.view(z.shape[:-1])
 
 
+SOLVERS = ("ddpm", "ddim", "dpm++2m")
+
+
+def _abar(schedule: Schedule, step: int) -> float:
+    """abar at `step` of the schedule, 1 before its first step."""
+    return float(schedule.alphas_cumprod[step]) if step >= 0 else 1.0
+
+
+def ddim_step(schedule: Schedule, z: torch.Tensor, predicted_z_0: torch.Tensor, step: int, eta: float = 0.0,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
+    """z at step-1 from z at `step` (> 0) and the z_0 prediction: DDIM (Song et al. 2021), with
+    sigma = eta * sqrt(posterior variance); eta = 1 gives exactly DDPM's posterior mean."""
+    abar, abar_next = _abar(schedule, step), _abar(schedule, step - 1)
+    eps = (z - abar**0.5 * predicted_z_0) / (1 - abar) ** 0.5
+    sigma = eta * ((1 - abar_next) / (1 - abar) * (1 - abar / abar_next)) ** 0.5
+    z_next = abar_next**0.5 * predicted_z_0 + max(1 - abar_next - sigma**2, 0.0) ** 0.5 * eps
+    return z_next + sigma * noise if noise is not None and sigma > 0 else z_next
+
+
+def _log_snr(schedule: Schedule, step: int) -> float:
+    """lambda = log(alpha / sigma) at `step`, with alpha = sqrt(abar), sigma = sqrt(1 - abar)."""
+    abar = _abar(schedule, step)
+    return 0.5 * math.log(abar / (1 - abar))
+
+
+def dpm_solver_2m_step(schedule: Schedule, z: torch.Tensor, predicted_z_0: torch.Tensor, step: int,
+                       previous_z_0: torch.Tensor | None) -> torch.Tensor:
+    """z at step-1 from z at `step` (> 0): DPM-Solver++(2M). With h = lambda' - lambda,
+    z' = (sigma'/sigma) z - alpha' (e^-h - 1) D, where D = z_0 (first order, = DDIM eta 0) or,
+    with the previous step's prediction, D = (1 + 1/2r) z_0 - (1/2r) z_0_prev, r = h_prev / h."""
+    abar, abar_next = _abar(schedule, step), _abar(schedule, step - 1)
+    h = _log_snr(schedule, step - 1) - _log_snr(schedule, step)
+    direction = predicted_z_0
+    if previous_z_0 is not None:
+        r = (_log_snr(schedule, step) - _log_snr(schedule, step + 1)) / h
+        direction = (1 + 1 / (2 * r)) * predicted_z_0 - (1 / (2 * r)) * previous_z_0
+    ratio = ((1 - abar_next) / (1 - abar)) ** 0.5
+    return ratio * z - abar_next**0.5 * math.expm1(-h) * direction
+
+
 def _fused_rounding_available(dim: int) -> bool:
     try:
         from . import kernels
@@ -66,6 +116,8 @@ def sample_tokens(
     full_mode: str = "conditional",
     clamp_step: int = 0,
     rounding: str = "l2",
+    solver: str = "ddpm",
+    eta: float = 0.0,
     generator: torch.Generator | None = None,
     rescale_timesteps: bool = True,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
@@ -74,8 +126,10 @@ def sample_tokens(
 
     `on_step(t, z_t)` is called with the state the denoiser sees at every step (for inspection).
     """
-    if noising not in ("target", "full") or full_mode not in ("conditional", "joint") or rounding not in ("l2", "logits"):
-        raise ValueError(f"unknown sampling mode noising={noising!r} full_mode={full_mode!r} rounding={rounding!r}")
+    if (noising not in ("target", "full") or full_mode not in ("conditional", "joint") or rounding not in ("l2", "logits")
+            or solver not in SOLVERS):
+        raise ValueError(f"unknown sampling mode noising={noising!r} full_mode={full_mode!r} rounding={rounding!r} "
+                         f"solver={solver!r}")
     emb = denoiser.embed(input_ids).float()  # (B, L, D), the clean embedding; the state z stays fp32
     embedding = denoiser.word_embedding.weight
     bias = denoiser.lm_head.bias if rounding == "logits" else None
@@ -87,6 +141,7 @@ def sample_tokens(
     previous_z_0 = torch.zeros_like(emb) if denoiser.cfg.self_condition else None
     if noising == "target":
         z = keep_source(z, emb, input_mask)
+    history: list[torch.Tensor] = []  # dpm++2m: the previous step's (rounded) z_0
     for step in reversed(range(schedule.num_steps)):
         t = torch.full((emb.shape[0],), step, device=emb.device, dtype=torch.long)
         if noising == "full" and full_mode == "conditional":
@@ -98,11 +153,19 @@ def sample_tokens(
             previous_z_0 = predicted_z_0
         if int(schedule.timestep_map[step]) >= clamp_step:
             predicted_z_0 = denoiser.embed(nearest_embedding(predicted_z_0, embedding, bias=bias)).float()
-        mean = schedule.posterior_mean(predicted_z_0, z, t)
-        if step > 0:
-            z = mean + schedule.gather("reverse_variance", t, z.ndim).sqrt() * randn_like(z)
+        if solver == "ddpm":
+            mean = schedule.posterior_mean(predicted_z_0, z, t)
+            if step > 0:
+                z = mean + schedule.gather("reverse_variance", t, z.ndim).sqrt() * randn_like(z)
+            else:
+                z = mean
+        elif step == 0:
+            z = predicted_z_0
+        elif solver == "ddim":
+            z = ddim_step(schedule, z, predicted_z_0, step, eta, randn_like(z) if eta else None)
         else:
-            z = mean
+            z = dpm_solver_2m_step(schedule, z, predicted_z_0, step, history[-1] if history else None)
+            history[:] = [predicted_z_0]
         if noising == "target":
             z = keep_source(z, emb, input_mask)
     return denoiser.logits(z).argmax(-1)

@@ -528,6 +528,9 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
 
     at_least("sample.steps", 1, optional=True)
     at_least("sample.clamp_step", 0)
+    check(0 <= s.eta <= 1, "sample.eta", f"must be in [0, 1], got {s.eta}")
+    check(s.eta == 0 or s.solver == "ddim", "sample.eta", f"is read by the ddim solver only, not {s.solver!r}")
+    check(s.solver == "ddpm" or (s.steps or spec.diffusion.steps) >= 2, "sample.steps", f"{s.solver} needs at least 2 steps")
     at_least("sample.batch_size", 1)
     at_least("sample.max_examples", 1, optional=True)
     check(len(s.seeds) > 0, "sample.seeds", "needs at least one seed")

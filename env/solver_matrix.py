@@ -1,0 +1,104 @@
+"""Sampling speed and quality of one checkpoint for each solver (issue 13): one JSON line a setting.
+
+    python env/solver_matrix.py CHECKPOINT SPLIT [--pairs 2048] [--score 200]
+                                [--setting NAME:solver=S,steps=N,trim=0,pairs=P ...] [--mbr-seeds 10 --mbr-setting NAME]
+
+Each setting decodes the first --pairs pairs of SPLIT once (single sample, seed 101, the
+checkpoint's sample config with the setting's fields replaced; `trim=0` decodes every pair over
+all seq_len positions; `pairs=P` only the first P), timed on the device alone (model loaded and warmed up before), and scores
+its first --score outputs with DiffuSeq's metrics (BLEU against the source and the empty share
+too). --mbr-seeds K then times `diffusion.sample.run` with K seeds (decode every seed, then
+DiffuSeq's MBR) for the setting named by --mbr-setting, over the same pairs, end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from diffusion import metrics  # noqa: E402
+from diffusion.checkpoint import load_exported  # noqa: E402
+from diffusion.data import load_pairs  # noqa: E402
+from diffusion.sample import generate, run  # noqa: E402
+
+DEFAULT_SETTINGS = ["ddpm2000:solver=ddpm", "ddim20:solver=ddim,steps=20", "ddim50:solver=ddim,steps=50",
+                    "dpm10:solver=dpm++2m,steps=10", "dpm20:solver=dpm++2m,steps=20"]
+
+
+def parse_setting(text: str) -> tuple[str, dict, bool]:
+    name, _, fields = text.partition(":")
+    values = dict(item.split("=", 1) for item in fields.split(",") if item)
+    trim = values.pop("trim", "1") != "0"
+    pairs = int(values.pop("pairs", 0)) or None
+    typed = {k: (int(v) if k in ("steps", "batch_size", "clamp_step") else float(v) if k == "eta" else v)
+             for k, v in values.items()}
+    return name, typed, trim, pairs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("split", type=Path)
+    parser.add_argument("--pairs", type=int, default=2048)
+    parser.add_argument("--score", type=int, default=200)
+    parser.add_argument("--setting", action="append", help="NAME:field=value,... (default: the issue's five)")
+    parser.add_argument("--mbr-seeds", type=int, default=0)
+    parser.add_argument("--mbr-setting", default="dpm20")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg, denoiser, tokenizer = load_exported(args.checkpoint, device)
+    if device.type == "cuda" and cfg.sample.weights == "bf16":
+        denoiser = denoiser.to(torch.bfloat16)
+        denoiser.use_gelu_epilogue(cfg.sample.gelu_epilogue)
+    pairs = load_pairs(args.split, args.pairs)
+    settings = [parse_setting(s) for s in (args.setting or DEFAULT_SETTINGS)]
+    generate(denoiser, cfg, tokenizer, pairs[:16], 0, dataclasses.replace(cfg.sample, steps=5), device)  # warm-up
+
+    for name, fields, trim, only in settings:
+        some = pairs[:only] if only else pairs
+        sample_cfg = dataclasses.replace(cfg.sample, **fields)
+        run_cfg = cfg if trim else dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, trim=False))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.monotonic()
+        rows = generate(denoiser, run_cfg, tokenizer, some, 101, sample_cfg, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.monotonic() - started
+        scored = rows[: args.score]
+        scores = metrics.score([r["hyp"] for r in scored], [r["ref"] for r in scored], [r["src"] for r in scored],
+                               bertscore_model=None)
+        print(json.dumps({"setting": name, **fields, "trim": trim, "pairs": len(some), "seconds": round(seconds, 2),
+                          "sentences_per_s": round(len(some) / seconds, 1), "scored": len(scored), **scores,
+                          "examples": [r["hyp"] for r in scored[:3]]}), flush=True)
+
+    if args.mbr_seeds:
+        name, fields, _, _ = next(s for s in settings if s[0] == args.mbr_setting)
+        seeds = tuple(101 + i for i in range(args.mbr_seeds))
+        with tempfile.TemporaryDirectory() as folder:
+            started = time.monotonic()
+            summary = run(args.checkpoint, args.split, Path(folder) / "mbr.jsonl",
+                          {**fields, "seeds": seeds, "max_examples": args.pairs})
+            seconds = time.monotonic() - started
+            chosen = [json.loads(line) for line in open(Path(folder) / "mbr.jsonl")][: args.score]
+        scores = metrics.score([r["hyp"] for r in chosen], [r["ref"] for r in chosen], [r["src"] for r in chosen],
+                               bertscore_model=None)
+        print(json.dumps({"setting": f"mbr{args.mbr_seeds}-{name}", **fields, "pairs": summary["pairs"],
+                          "seeds": len(seeds), "seconds_end_to_end": round(seconds, 1),
+                          "decode_seconds": round(summary["seconds"], 1), "scored": len(chosen), **scores}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
