@@ -14,8 +14,6 @@ and replaced on the next save. Loading checks meta.json's file list and sizes.
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -24,24 +22,8 @@ import torch
 
 from . import atomic
 from .distributed import barrier
-
-STEP_DIR = re.compile(r"^step_(\d{7,})$")
-
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:07d}"
-
-
-def _file_sizes(folder: Path) -> dict[str, int]:
-    return {
-        str(p.relative_to(folder)): p.stat().st_size
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != "meta.json"
-    }
+# what a complete checkpoint is, readable without torch (the login-node commands check it)
+from .manifest import STEP_DIR, CheckpointError, complete_steps, file_sizes, latest, step_dir_name, verify  # noqa: F401
 
 
 def save(
@@ -68,7 +50,7 @@ def save(
         atomic.torch_save(rank_state, partial / f"rank_{rank:05d}.pt")
         if rank == 0:
             write_main_files(partial)
-            meta = {"step": step, "world_size": world_size, "files": _file_sizes(partial), **(extra_meta or {})}
+            meta = {"step": step, "world_size": world_size, "files": file_sizes(partial), **(extra_meta or {})}
             atomic.write_json(partial / "meta.json", meta)
         barrier()
         if rank == 0:
@@ -77,43 +59,6 @@ def save(
     if rank == 0 and partial.exists():
         shutil.rmtree(partial, ignore_errors=True)
     return final
-
-
-def verify(folder: Path) -> dict:
-    """meta.json of a complete checkpoint; CheckpointError naming what is missing or wrong."""
-    folder = Path(folder)
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise CheckpointError(f"{folder}: incomplete checkpoint (no meta.json)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{meta_path}: corrupt ({err})") from None
-    for name, size in meta["files"].items():
-        path = folder / name
-        if not path.is_file():
-            raise CheckpointError(f"{path}: missing from checkpoint")
-        if path.stat().st_size != size:
-            raise CheckpointError(f"{path}: corrupt (size {path.stat().st_size}, expected {size})")
-    return meta
-
-
-def complete_steps(root: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every checkpoint folder under root that carries a meta.json, by step."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = STEP_DIR.match(child.name)
-        if match and (child / "meta.json").is_file():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def latest(root: Path) -> Path | None:
-    steps = complete_steps(root)
-    return steps[-1][1] if steps else None
 
 
 def load_rank_state(folder: Path, rank: int) -> dict[str, Any]:

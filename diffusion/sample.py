@@ -17,6 +17,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -72,8 +73,11 @@ def select_mbr(candidates_per_seed: list[list[dict]]) -> list[dict]:
     return chosen
 
 
-def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None, cpu: bool = False) -> dict:
-    """Sample `split` with the checkpoint; `overrides` replace fields of the checkpoint's sample config."""
+def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None, cpu: bool = False,
+        progress: Callable[[int, int], None] | None = None) -> dict:
+    """Sample `split` with the checkpoint; `overrides` replace fields of the checkpoint's sample config.
+
+    `progress(decoded, total)` is called after every batch, counting candidates over all seeds."""
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
     cfg, denoiser, tokenizer = load_exported(checkpoint, device)
     sample_cfg = replace(cfg.sample, **(overrides or {}))
@@ -86,8 +90,10 @@ def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None,
     out = Path(out)
     started = time.monotonic()
     per_seed = []
-    for seed in sample_cfg.seeds:
-        rows = generate(denoiser, cfg, tokenizer, pairs, seed, sample_cfg, device)
+    total = len(pairs) * len(sample_cfg.seeds)
+    for index, seed in enumerate(sample_cfg.seeds):
+        seed_progress = (lambda done, _, before=index * len(pairs): progress(before + done, total)) if progress else None
+        rows = generate(denoiser, cfg, tokenizer, pairs, seed, sample_cfg, device, seed_progress)
         if len(sample_cfg.seeds) > 1:
             atomic.write_jsonl(out.with_name(f"{out.stem}.seed{seed}.jsonl"), rows)
         per_seed.append(rows)

@@ -251,7 +251,12 @@ def print_status(st: dict) -> None:
     for stage in st["stages"]:
         progress = f"{stage['done']}/{stage['total']}"
         beat = stage.get("progress")
-        if beat and stage["state"] != "done":
+        if stage["stage"] == "sample" and beat:  # the solver's work, and its measured speed once known
+            progress += f"  {beat['seeds']} seed(s) x {beat['steps']} {beat['solver']} steps"
+            if "eta_s" in beat:
+                progress += (f"\n{beat['decoded']}/{beat['total']} sentences  {beat['sentences_per_s']:,.1f} sent/s  "
+                             f"ETA {format_eta(beat['eta_s'])}")
+        elif beat and stage["state"] != "done":
             progress = (f"step {beat['step']}/{beat['total_steps']}  loss {beat['loss']:.4f}  "
                         f"{beat['tokens_per_s']:,.0f} tok/s  ETA {format_eta(beat['eta_s'])}")
             if beat["real_tokens_per_s"] is not None:

@@ -6,7 +6,8 @@
         data/                           tokenizer.json, {train,valid,test}.pt and .jsonl, prepared.json
         checkpoints/step_NNNNNNN/       written by the trainer, renamed into place when complete
         heartbeat.json, train_log.jsonl the trainer's progress
-        samples/step_NNNNNNN/           samples.jsonl (the MBR choice, or the single seed's), samples.seed<S>.jsonl
+        samples/step_NNNNNNN/           samples.jsonl (the MBR choice, or the single seed's), samples.seed<S>.jsonl,
+                                        progress.json (candidates decoded so far, for status)
         metrics/step_NNNNNNN.json       scores of one checkpoint
         results/                        table.{md,csv,tex,json}, metrics.png
         logs/<stage>[-<task>].log       what each stage and task printed
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from diffusion import atomic
+from diffusion.manifest import step_dir_name
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 STAGES = ("preprocess", "train", "sample", "evaluate", "aggregate")
@@ -67,7 +69,7 @@ class RunLayout:
         return self.dir / "checkpoints"
 
     def checkpoint(self, step: int) -> Path:
-        return self.checkpoints / f"step_{step:07d}"
+        return self.checkpoints / step_dir_name(step)  # the trainer's name for it
 
     @property
     def heartbeat(self) -> Path:
@@ -75,6 +77,9 @@ class RunLayout:
 
     def samples(self, step: int) -> Path:
         return self.dir / "samples" / f"step_{step:07d}"
+
+    def sample_progress(self, step: int) -> Path:
+        return self.samples(step) / "progress.json"
 
     def metrics(self, step: int) -> Path:
         return self.dir / "metrics" / f"step_{step:07d}.json"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffusion.manifest import CheckpointError, verify
+
 from .layout import ARRAY_STAGES, STAGES, RunLayout, task_name
 from .spec import JobSpec
 
@@ -52,8 +54,6 @@ def inputs_ready(layout: RunLayout, task: Task, spec: JobSpec) -> bool:
 
 def checkpoint_complete(layout: RunLayout, step: int) -> bool:
     """Renamed into place only when complete, and every file of its manifest has its size."""
-    from diffusion.checkpoint import CheckpointError, verify
-
     try:
         verify(layout.checkpoint(step))
         return True

@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from diffusion import atomic
+from diffusion import atomic, manifest
 from diffusion.config import to_dict
 
 from .layout import RunLayout, task_name
@@ -111,9 +111,7 @@ def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
     res = spec.resources.train
     ranks = res.gpus if res.gpus > 0 else res.ranks
     set_aside_corrupt_checkpoints(layout)
-    from diffusion import checkpoint
-
-    steps_before = [step for step, _ in checkpoint.complete_steps(layout.checkpoints)]
+    steps_before = [step for step, _ in manifest.complete_steps(layout.checkpoints)]
     args = ["-m", "diffusion.train", str(layout.config), str(layout.dir), "--data-dir", str(layout.data)]
     if spec.train.time_limit_s is None:
         # checkpoint and stop before the job's own time limit rather than trust a signal to come in
@@ -135,7 +133,7 @@ def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
         raise StageError(f"training exited with code {proc.returncode}; see {layout.log('train')}")
     final = layout.checkpoint(spec.train.steps)
     if not (final / "meta.json").is_file():
-        if [step for step, _ in checkpoint.complete_steps(layout.checkpoints)] != steps_before:
+        if [step for step, _ in manifest.complete_steps(layout.checkpoints)] != steps_before:
             from .jobs import clear_attempts
 
             clear_attempts(layout, "train")  # progress: a long training may need many job lengths
@@ -147,31 +145,45 @@ def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
 def set_aside_corrupt_checkpoints(layout: RunLayout) -> None:
     """A complete-looking checkpoint that fails its check (truncated, a file missing) is renamed
     aside, never deleted, so that training resumes from the one before and writes it again."""
-    from diffusion import checkpoint
-
-    for step, folder in reversed(checkpoint.complete_steps(layout.checkpoints)):
+    for step, folder in reversed(manifest.complete_steps(layout.checkpoints)):
         try:
-            checkpoint.verify(folder)
+            manifest.verify(folder)
             return  # the trainer resumes from this one
-        except checkpoint.CheckpointError as err:
+        except manifest.CheckpointError as err:
             aside = folder.with_name(f".{folder.name}.corrupt-{int(time.time())}")
             folder.rename(aside)
             print(f"[pipeline] {err}: set aside as {aside.name}; training resumes from the checkpoint before", flush=True)
 
 
 def sample(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:
-    from diffusion.checkpoint import CheckpointError, verify
     from diffusion.sample import run
 
     try:
-        verify(layout.checkpoint(step))
-    except CheckpointError as err:  # training sets a corrupt checkpoint aside and writes it again
+        manifest.verify(layout.checkpoint(step))
+    except manifest.CheckpointError as err:  # training sets a corrupt checkpoint aside and writes it again
         raise Interrupted(f"{err}; this task runs again once training has rewritten it") from None
 
     split = layout.data / f"{spec.evaluate.split}.jsonl"
     if not split.is_file():
         raise StageError(f"{split}: the {spec.evaluate.split} split was not prepared; set data.{spec.evaluate.split}")
-    return run(layout.checkpoint(step), split, layout.samples(step) / "samples.jsonl")
+    return run(layout.checkpoint(step), split, layout.samples(step) / "samples.jsonl",
+               progress=SampleProgress(layout.sample_progress(step)))
+
+
+class SampleProgress:
+    """Writes how many candidates a sample task has decoded (at most every `every_s` seconds, and
+    at the end), so that `pipeline status` can tell the stage's speed and time left."""
+
+    def __init__(self, path: Path, every_s: float = 5.0):
+        self.path, self.every_s = path, every_s
+        self.started, self.written = time.time(), 0.0
+
+    def __call__(self, decoded: int, total: int) -> None:
+        now = time.time()
+        if decoded < total and now - self.written < self.every_s:
+            return
+        self.written = now
+        atomic.write_json(self.path, {"decoded": decoded, "total": total, "elapsed_s": now - self.started, "time": now})
 
 
 def read_samples(path: Path) -> list[dict]:

@@ -45,6 +45,27 @@ def training_progress(layout: RunLayout) -> dict | None:
             "terms": beat.get("terms", {}), "real_tokens_per_s": beat.get("real_tokens_per_s")}
 
 
+def sampling_progress(layout: RunLayout, spec, rows: list[dict]) -> dict:
+    """The sample stage's work and, once a task has reported progress, its speed and time left.
+
+    Every task decodes the same pairs with the same solver, so the candidates a second measured on
+    the tasks so far (their progress.json) times the candidates still to decode, shared among the
+    tasks running at once, is the estimate."""
+    s = spec.sample
+    steps = s.steps or spec.diffusion.steps
+    out = {"solver": s.solver, "steps": steps, "seeds": len(s.seeds)}
+    reports = {row["step"]: layout.read_json(layout.sample_progress(row["step"])) for row in rows}
+    measured = [r for r in reports.values() if r and r["decoded"] > 0]
+    if not measured:
+        return out
+    per_task = max(r["total"] for r in measured)
+    decoded = sum(per_task if row["state"] == "done" else (reports[row["step"]] or {}).get("decoded", 0) for row in rows)
+    rate = sum(r["decoded"] for r in measured) / max(sum(r["elapsed_s"] for r in measured), 1e-9)
+    at_once = max(1, sum(row["state"] == "running" for row in rows))
+    return {**out, "decoded": decoded, "total": per_task * len(rows), "sentences_per_s": rate,
+            "eta_s": (per_task * len(rows) - decoded) / rate / at_once}
+
+
 def local_loop_alive(layout: RunLayout) -> bool:
     loop = layout.read_json(layout.state / "driver.json")
     return bool(loop) and process_alive(loop["pid"])
@@ -112,6 +133,8 @@ def run_status(layout: RunLayout, report: dict) -> dict:
                  "state": _stage_state([r["state"] for r in rows])}
         if stage == "train" and entry["state"] == "running":  # no speed or ETA for a task that does not run
             entry["progress"] = training_progress(layout)
+        if stage == "sample" and entry["state"] != "done":
+            entry["progress"] = sampling_progress(layout, spec, rows)
         stages.append(entry)
     every = [row["state"] for row in by_name.values()]
     if all(s == "done" for s in every):

@@ -1,0 +1,68 @@
+"""What makes a checkpoint folder complete, in the standard library alone.
+
+The trainer writes `step_NNNNNNN/meta.json` last, listing every other file of the checkpoint with
+its size (diffusion/checkpoint.py); a folder is complete when that manifest is there and every
+file it names has its size. The pipeline's login-node commands check this without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+STEP_DIR = re.compile(r"^step_(\d{7,})$")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under `folder` but the manifest itself, with its size: what meta.json lists."""
+    return {
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "meta.json"
+    }
+
+
+def verify(folder: Path) -> dict:
+    """meta.json of a complete checkpoint; CheckpointError naming what is missing or wrong."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{folder}: incomplete checkpoint (no meta.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{meta_path}: corrupt ({err})") from None
+    for name, size in meta["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing from checkpoint")
+        if path.stat().st_size != size:
+            raise CheckpointError(f"{path}: corrupt (size {path.stat().st_size}, expected {size})")
+    return meta
+
+
+def complete_steps(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every checkpoint folder under root that carries a meta.json, by step."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = STEP_DIR.match(child.name)
+        if match and (child / "meta.json").is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest(root: Path) -> Path | None:
+    steps = complete_steps(root)
+    return steps[-1][1] if steps else None
