@@ -123,5 +123,5 @@ class RunLayout:
     def read_json(self, path: Path) -> dict | None:
         try:
             return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):  # not written (yet), or its folder is not one
             return None
