@@ -118,7 +118,7 @@ class SampleConfig:
     batch_size: int = 64
     full_mode: Literal["conditional", "joint"] = "conditional"  # how a full-noising model samples
     max_examples: int | None = None
-    use_ema: bool = True
+    use_ema: bool = True  # sampling reads the EMA weights a checkpoint exports; the spec refuses false
     compile: bool = True  # torch.compile the denoiser for the reverse steps (GPU only)
     # on GPU: bf16 weights (fastest; the state z and the rounding scores stay fp32), or fp32 weights
     # under bf16 autocast; the CPU samples in fp32

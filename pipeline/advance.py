@@ -18,15 +18,13 @@ Tasks of one stage submitted in one pass with the same dependencies go out as on
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-from .executors import make_executor
+from .backends import backend, is_live
 from .jobs import Registry, attempts, run_lock
 from .layout import RunLayout
 from .plan import Task, inputs_ready, prerequisites, tasks
-from .schedulers import cancel, is_live, query, supports_dependencies
 from .spec import JobSpec, load_frozen
 
 MAX_ATTEMPTS = 3  # starts of one task before the pipeline stops resubmitting it by itself
@@ -38,9 +36,10 @@ def advance(layout: RunLayout, executor: str | None = None, submit: bool = True)
         spec = load_frozen(layout.spec)
         registry = Registry(layout)
         executor = registry.executor or executor or spec.site.executor
+        scheduler = backend(executor)
         undone = [t for t in tasks(spec) if not layout.is_done(t.stage, t.step)]
         ids = [registry.job_id(t.name) for t in undone if registry.job_id(t.name)]
-        states = query(executor, ids)  # the one scheduler query of this pass
+        states = scheduler.query(ids) if ids else {}  # the one scheduler query of this pass
         report = {"executor": executor, "states": states, "submitted": [], "given_up": {}, "superseded": []}
         if not submit or (layout.state / "cancelled").is_file():
             return report
@@ -60,16 +59,17 @@ def advance(layout: RunLayout, executor: str | None = None, submit: bool = True)
                 if attempts(layout, task.name) >= MAX_ATTEMPTS:
                     report["given_up"][task.name] = attempts(layout, task.name)
                     continue
-            if waits_for is None or (waits_for and not supports_dependencies(executor)):
+            if waits_for is None or (waits_for and not scheduler.jobs_can_wait):
                 continue  # nothing will produce a prerequisite as things stand, or jobs cannot wait here
-            if executor == "local" and not _local_cores_free(spec, task, live_job):
+            if not scheduler.has_room(spec, task, [t for t in tasks(spec) if t.name in live_job]):
                 continue
             if live:  # superseded: it would wait for a job it no longer needs, or for the wrong one
                 report["superseded"].append(entry["job_id"])
             plan.append((task, waits_for))
             live_job[task.name] = "(planned)"
         report["submitted"] = _submit(layout, spec, executor, plan, registry, live_job)
-        cancel(executor, report["superseded"])  # pending and replaced; they would exit at once anyway
+        if report["superseded"]:
+            scheduler.cancel(report["superseded"])  # pending and replaced; they would exit at once anyway
         return report
 
 
@@ -104,13 +104,6 @@ def _running(state: str | None) -> bool:
     return state in ("RUNNING", "COMPLETING")
 
 
-def _local_cores_free(spec: JobSpec, task: Task, live_job: dict) -> bool:
-    busy = [t for t in tasks(spec) if t.name in live_job]
-    used = sum(getattr(spec.resources, t.stage).cpus for t in busy)
-    want = getattr(spec.resources, task.stage).cpus
-    return not busy or used + want <= (os.cpu_count() or 1)
-
-
 def _submit(layout: RunLayout, spec: JobSpec, executor: str, plan, registry: Registry, live_job: dict) -> list[str]:
     """Submit the planned tasks stage by stage, so that a prerequisite's job id is known before its
     dependents go out. One stage's tasks become one array when they wait for the same jobs, or
@@ -120,10 +113,10 @@ def _submit(layout: RunLayout, spec: JobSpec, executor: str, plan, registry: Reg
     submitted = []
     for stage in STAGES:
         staged = [(task, [live_job[name] for name in after]) for task, after in plan if task.stage == stage]
-        for group, dependency in _arrays(staged):
+        for group, after, correspond in _arrays(staged):
             res = getattr(spec.resources, stage)
             name = f"{layout.run_id}-{group[0][0].name if len(group) == 1 else stage}"
-            jobs = submit_group(layout, spec, executor, res, name, group, dependency)
+            jobs = submit_group(layout, spec, executor, res, name, group, after, correspond)
             for (task, after), job_id in zip(group, jobs):
                 registry.record(task.name, executor, job_id, after)
                 live_job[task.name] = job_id
@@ -132,27 +125,28 @@ def _submit(layout: RunLayout, spec: JobSpec, executor: str, plan, registry: Reg
     return submitted
 
 
-def _arrays(staged: list[tuple[Task, list[str]]]) -> list[tuple[list, dict]]:
-    """[(tasks with their dependencies, slurm dependency parameters)] for one stage."""
+def _arrays(staged: list[tuple[Task, list[str]]]) -> list[tuple[list, list[str], str | None]]:
+    """[(tasks with their dependencies, the job ids they all wait for, or the array whose task i
+    task i waits for)] for one stage."""
     if not staged:
         return []
     deps = [tuple(after) for _, after in staged]
     if len(set(deps)) == 1:
-        after = list(deps[0])
-        return [(staged, {"dependency": "afterok:" + ":".join(after)} if after else {})]
+        return [(staged, list(deps[0]), None)]
     arrays = {d[0].split("_")[0] for d in deps if len(d) == 1}
     if len(arrays) == 1 and all(d == (f"{next(iter(arrays))}_{i}",) for i, d in enumerate(deps)):
-        return [(staged, {"dependency": f"aftercorr:{next(iter(arrays))}"})]  # task i waits for task i
-    return [([item], {"dependency": "afterok:" + ":".join(item[1])} if item[1] else {}) for item in staged]
+        return [(staged, [], next(iter(arrays)))]  # task i waits for task i
+    return [([item], list(item[1]), None) for item in staged]
 
 
-def submit_group(layout: RunLayout, spec: JobSpec, executor: str, res, name: str, group, dependency: dict) -> list[str]:
+def submit_group(layout: RunLayout, spec: JobSpec, executor: str, res, name: str, group, after: list[str],
+                 correspond: str | None = None) -> list[str]:
     from .stages import run_task
 
-    ex = make_executor(executor, layout.dir / "logs" / "submitit", spec.site, res, name)
-    if dependency:  # a job whose dependency failed is cancelled by Slurm instead of waiting forever
-        extra = dict(ex.parameters.get("additional_parameters") or {})
-        ex.update_parameters(slurm_additional_parameters={**extra, **dependency, "kill_on_invalid_dep": "yes"})
+    scheduler = backend(executor)
+    ex = scheduler.make_executor(layout.dir / "logs" / "submitit", spec.site, res, name)
+    if after or correspond:
+        scheduler.wait_for(ex, after, correspond)
     with ex.batch():
         jobs = [ex.submit(run_task, str(layout.dir), task.stage, task.step) for task, _ in group]
     return [str(job.job_id) for job in jobs]

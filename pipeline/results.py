@@ -17,12 +17,18 @@ from pathlib import Path
 
 from diffusion import atomic
 
+from .errors import UserError
+
 METRICS = ("bleu", "rouge_l", "bertscore", "dist1", "len")  # Table 1 columns, in order
 HEADERS = {"bleu": "BLEU", "rouge_l": "ROUGE-L", "bertscore": "BERTScore", "dist1": "Dist-1", "len": "len",
            "self_bleu_src": "copy BLEU", "sacrebleu": "sacreBLEU", "empty": "empty"}
 # the five of the report, then our extras: BLEU against the source, corpus BLEU, share of empty outputs
 COLUMNS = METRICS + ("self_bleu_src", "sacrebleu", "empty")
 _REQUIRED = ("run", "label", "step", "split", "rows", "copy_source")
+
+
+class ResultsError(UserError, ValueError):
+    """A run without metrics yet, or a metrics file that is not one."""
 
 
 # --- loading ---
@@ -38,10 +44,10 @@ def load_run_metrics(run_dir: Path) -> list[dict]:
         try:
             m = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+            raise ResultsError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
         missing = [k for k in _REQUIRED if not isinstance(m, dict) or k not in m]
         if missing or not isinstance(m["rows"], dict) or not m["rows"]:
-            raise ValueError(f"{path}: not a metrics file (missing {', '.join(missing) or 'rows'})")
+            raise ResultsError(f"{path}: not a metrics file (missing {', '.join(missing) or 'rows'})")
         result.append(m)
     return sorted(result, key=lambda m: m["step"])
 
@@ -238,7 +244,7 @@ def aggregate(run_dirs: list[Path], out_dir: Path) -> dict[str, Path]:
     for run_dir in run_dirs:
         found = load_run_metrics(run_dir)
         if not found:
-            raise ValueError(f"{run_dir}: no metrics yet (no metrics/step_*.json: its evaluate stage "
+            raise ResultsError(f"{run_dir}: no metrics yet (no metrics/step_*.json: its evaluate stage "
                              "has not finished a checkpoint)")
         metric_files += found
     paths = write_tables(table_rows(metric_files), out_dir)

@@ -32,8 +32,13 @@ from typing import Sequence
 
 import yaml
 
+from diffusion.bertscore_model import DEFAULT_BERTSCORE_MODEL
 from diffusion.config import (Config, ConfigError, DataConfig, DiffusionConfig, ModelConfig, SampleConfig,
                               TrainConfig, from_dict, to_dict)
+from diffusion.manifest import checkpoint_steps
+
+from .backends import NAMES as EXECUTORS  # names only: no scheduler module is imported
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -72,13 +77,13 @@ class SiteSpec:
     gpu_partition: str | None = None  # default for stages that ask for GPUs
     modules: tuple[str, ...] = ()  # `module load` lines in every job
     setup: tuple[str, ...] = ()  # shell lines run before each job (e.g. activate a venv)
-    python: str = "python3"  # the interpreter jobs run
+    python: str | None = None  # the interpreter jobs run (default: the one running `pipeline`)
 
 
 @dataclass(frozen=True)
 class EvaluateSpec:
     split: str = "valid"  # the split sampled and scored: valid (DiffuSeq's) or test
-    bertscore_model: str | None = "microsoft/deberta-xlarge-mnli"  # name, local path, or null to skip
+    bertscore_model: str | None = DEFAULT_BERTSCORE_MODEL  # name, local path, or null to skip
     bertscore_batch_size: int = 64
     label: str | None = None  # row label in tables, e.g. "Full-Noised"; default from the noising mode
 
@@ -100,9 +105,8 @@ class JobSpec:
         return Config(data=self.data, model=self.model, diffusion=self.diffusion, train=self.train, sample=self.sample)
 
     def checkpoint_steps(self) -> list[int]:
-        """The steps at which training leaves a checkpoint: every save_every, and the last step."""
-        every, last = self.train.save_every, self.train.steps
-        return sorted({*range(every, last + 1, every), last})
+        """The steps at which training leaves a checkpoint (the library's rule)."""
+        return checkpoint_steps(self.train.steps, self.train.save_every)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -111,7 +115,6 @@ REPO = Path(__file__).resolve().parents[1]
 SITES_DIR = REPO / "env" / "sites"
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # run IDs and site names
 DATA_PATH_KEYS = ("data.train", "data.valid", "data.test")
-EXECUTORS = ("local", "slurm", "pjm")
 EVAL_SPLITS = ("valid", "test")
 CLI_SET, CLI_SITE = "--set", "--site"  # the `file` of errors about command-line values
 
@@ -119,7 +122,7 @@ Where = tuple[str, int | None]  # (file, line) a value came from
 Origin = dict[str, Where]  # dotted key -> where it was written
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A job spec problem, located: 'FILE:LINE: KEY: what is wrong'."""
 
     def __init__(self, message: str, file: str | None = None, line: int | None = None, key: str = ""):
@@ -532,6 +535,8 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
     check(s.eta == 0 or s.solver == "ddim", "sample.eta", f"is read by the ddim solver only, not {s.solver!r}")
     check(s.solver == "ddpm" or (s.steps or spec.diffusion.steps) >= 2, "sample.steps", f"{s.solver} needs at least 2 steps")
     at_least("sample.batch_size", 1)
+    check(s.use_ema, "sample.use_ema", "false is not supported: a checkpoint exports only its EMA weights for sampling "
+          "(the raw ones stay in the DeepSpeed state)")
     at_least("sample.max_examples", 1, optional=True)
     check(len(s.seeds) > 0, "sample.seeds", "needs at least one seed")
     at_least("evaluate.bertscore_batch_size", 1)

@@ -213,7 +213,7 @@ def evaluate(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:
 
     def scores(rows, hyp_key="hyp"):
         return score([r[hyp_key] for r in rows], [r["ref"] for r in rows], [r["src"] for r in rows],
-                     bertscore_model=model)
+                     bertscore_model=model, bertscore_batch_size=spec.evaluate.bertscore_batch_size)
 
     rows = {"single": scores(single)}
     if len(seeds) > 1:

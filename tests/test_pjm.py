@@ -93,12 +93,12 @@ def test_bad_parameters_are_refused_when_set(standins, tmp_path):
 
 
 def test_pipeline_stages_get_the_site_resource_group_group_and_modules(standins, tmp_path):
-    from pipeline.executors import make_executor
+    from pipeline.backends import backend
     from pipeline.spec import SiteSpec, StageResources
 
     site = SiteSpec(name="wisteria-aquarius", executor="pjm", account="gz00", modules=("cuda/12.2",),
                     setup=("source $HOME/venv/bin/activate",))
-    executor = make_executor("pjm", tmp_path, site, StageResources(gpus=4, cpus=36, time_min=120, partition="share"),
+    executor = backend("pjm").make_executor(tmp_path, site, StageResources(gpus=4, cpus=36, time_min=120, partition="share"),
                              name="qqp-full-train")
     lines = script_of(executor._executor, tmp_path).splitlines()
     for line in ["#PJM -L rscgrp=share", "#PJM -L gpu=4", "#PJM -L elapse=02:00:00", "#PJM -g gz00",

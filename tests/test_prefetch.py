@@ -29,3 +29,19 @@ def test_a_model_already_in_the_cache_needs_no_network(tmp_path):
 def test_local_and_packaged_models_need_nothing(tmp_path):
     assert prefetch(load_spec("jobs/demo_target.yaml", []), tmp_path) == []
     assert not (tmp_path / ".cache").exists()
+
+
+def test_prefetch_spec_and_metrics_name_the_same_models():
+    import inspect
+
+    from diffusion import metrics
+    from pipeline.prefetch import needs_hub_model
+    from pipeline.spec import EvaluateSpec
+
+    default = metrics.DEFAULT_BERTSCORE_MODEL
+    assert EvaluateSpec().bertscore_model == default
+    assert inspect.signature(metrics.score).parameters["bertscore_model"].default == default
+    assert inspect.signature(metrics.bertscore).parameters["model"].default == default
+    assert needs_hub_model(default)  # fetched at submit
+    assert not needs_hub_model(metrics.OFFLINE_PACKAGE_MODEL)  # the one name metrics resolves to a package folder
+    assert metrics.resolve_bertscore_model(default) == default

@@ -1,11 +1,13 @@
 """Job specs: every bad input gets an error naming file, line and key; bases, sites, overrides."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
 from diffusion.config import to_dict
+from diffusion.manifest import checkpoint_steps
 from pipeline.spec import REPO, SITES_DIR, SpecError, freeze, load_frozen, load_spec
 
 JOBS = REPO / "jobs"
@@ -233,6 +235,34 @@ def test_every_shipped_job_loads(path):
     assert spec.site.executor == "local"
     if is_base(path):  # a base names no run: only its children are submitted
         assert error_of(path, site="local").key == "name"
+
+
+def test_checkpoint_steps_are_every_save_every_and_the_last_step(tmp_path):
+    assert checkpoint_steps(10, 5) == [5, 10]
+    assert checkpoint_steps(10, 3) == [3, 6, 9, 10]  # the last step is not a multiple: it still gets one
+    assert checkpoint_steps(7, 7) == [7]
+    spec = load_spec(write(tmp_path, "c.yaml", GOOD), ["train.save_every=4"])
+    assert spec.checkpoint_steps() == checkpoint_steps(10, 4) == [4, 8, 10]
+
+
+def test_evaluate_bertscore_batch_size_reaches_the_scorer(tmp_path, monkeypatch):
+    import diffusion.metrics
+    from pipeline import stages
+    from pipeline.layout import RunLayout
+
+    spec = load_spec(JOBS / "demo_target.yaml", ["evaluate.bertscore_model=some-org/tiny",
+                                                 "evaluate.bertscore_batch_size=7"])
+    layout = RunLayout(tmp_path, spec.name)
+    row = json.dumps({"src": "a b", "ref": "a c", "hyp": "a b"}) + "\n"
+    layout.samples(10).mkdir(parents=True)
+    for name in ["samples.jsonl"] + [f"samples.seed{seed}.jsonl" for seed in spec.sample.seeds]:
+        write(layout.samples(10), name, row)
+    calls = []
+    monkeypatch.setattr(diffusion.metrics, "bertscore",
+                        lambda hyps, refs, model, batch_size: calls.append((model, batch_size)) or 0.5)
+    monkeypatch.setattr(stages, "checkpoint_diagnostics", lambda layout, spec, step: {})  # no checkpoint here
+    stages.evaluate(layout, spec, 10, print)
+    assert calls and set(calls) == {("some-org/tiny", 7)}
 
 
 @pytest.mark.parametrize("site", sorted(p.stem for p in SITES_DIR.glob("*.yaml")))

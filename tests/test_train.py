@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from diffusion import checkpoint, metrics
+from diffusion import checkpoint, manifest, metrics
 from diffusion.corpus import write_corpus
 from diffusion.sample import generate
 from diffusion.model import Denoiser
@@ -76,6 +76,15 @@ def test_two_rank_zero_run_agrees_across_ranks_and_samples_on_one_process(tmp_pa
     (summary,) = run_module("diffusion.sample", folder, corpus["valid"], tmp_path / "s.jsonl", "--max-examples", 8)
     rows = [json.loads(line) for line in open(tmp_path / "s.jsonl")]
     assert summary["pairs"] == 8 and len(rows) == 8 and set(rows[0]) == {"src", "ref", "hyp"}
+
+
+def test_the_trainer_leaves_exactly_the_planned_checkpoints_and_a_heartbeat(tmp_path, corpus):
+    # 5 steps, save_every 2: the last step is not a multiple and still gets one
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(corpus["train"], steps=5, save_every=2))
+    run_module("diffusion.train", cfg, tmp_path / "run")
+    written = [step for step, _ in checkpoint.complete_steps(tmp_path / "run" / "checkpoints")]
+    assert written == manifest.checkpoint_steps(5, 2) == [2, 4, 5]
+    assert json.loads((tmp_path / "run" / manifest.HEARTBEAT).read_text())["step"] == 5
 
 
 def test_corrupt_checkpoint_is_named(tmp_path, corpus):

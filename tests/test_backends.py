@@ -1,0 +1,62 @@
+"""Scheduler backends and the scheduler-state logic of advance, with the scheduler's answers written out."""
+
+import pytest
+
+from pipeline.advance import _arrays, _stale
+from pipeline.backends import NAMES, backend, is_live
+from pipeline.plan import Task
+from pipeline.spec import SiteSpec, StageResources
+
+
+def test_every_named_backend_loads_and_says_what_it_can():
+    assert set(NAMES) == {"local", "slurm", "pjm"}
+    local, slurm, pjm = backend("local"), backend("slurm"), backend("pjm")
+    assert (local.drives_itself, slurm.drives_itself, pjm.drives_itself) == (True, False, False)
+    assert (local.jobs_can_wait, slurm.jobs_can_wait, pjm.jobs_can_wait) == (False, True, False)
+    with pytest.raises(ValueError, match="choose one of: local, slurm, pjm"):
+        backend("lsf")
+
+
+def test_only_slurm_jobs_wait_and_a_failed_dependency_cancels_them(tmp_path):
+    res = StageResources(cpus=1, time_min=5)
+    executor = backend("slurm").make_executor(tmp_path, SiteSpec(executor="slurm", account="acct"), res, "x")
+    backend("slurm").wait_for(executor, ["11", "12"])
+    extra = executor.parameters["additional_parameters"]
+    assert extra == {"account": "acct", "dependency": "afterok:11:12", "kill_on_invalid_dep": "yes"}
+    backend("slurm").wait_for(executor, [], correspond="40")
+    assert executor.parameters["additional_parameters"]["dependency"] == "aftercorr:40"
+    with pytest.raises(ValueError, match="cannot wait"):
+        backend("local").wait_for(backend("local").make_executor(tmp_path, SiteSpec(), res), ["1"])
+
+
+def test_local_jobs_are_live_while_their_process_is():
+    import os
+
+    states = backend("local").query([str(os.getpid()), "999999999"])
+    assert states == {str(os.getpid()): "RUNNING", "999999999": "FINISHED"}
+    assert is_live("PENDING") and is_live("UNKNOWN") and not is_live("COMPLETED") and not is_live("FINISHED")
+
+
+def samples(n):
+    return [Task("sample", step) for step in range(n)]
+
+
+def test_arrays_group_tasks_waiting_for_the_same_jobs_or_task_by_task_for_one_array():
+    same = [(t, ["7"]) for t in samples(3)]
+    assert _arrays(same) == [(same, ["7"], None)]
+    corresponding = [(t, [f"40_{i}"]) for i, t in enumerate(samples(3))]
+    assert _arrays(corresponding) == [(corresponding, [], "40")]
+    mixed = [(samples(2)[0], ["7"]), (samples(2)[1], ["8"])]
+    assert _arrays(mixed) == [([mixed[0]], ["7"], None), ([mixed[1]], ["8"], None)]
+
+
+def test_a_pending_job_is_stale_when_it_waits_for_a_job_it_no_longer_needs():
+    entry = {"job_id": "20", "after": ["10"]}
+    # its prerequisite is done (inputs ready) while the job it waits for still runs: replace it
+    assert _stale(entry, [], {}, {"20": "PENDING", "10": "RUNNING"})
+    # a running job is never replaced; nor one the scheduler did not answer for
+    assert not _stale(entry, [], {}, {"20": "RUNNING", "10": "RUNNING"})
+    assert not _stale(entry, [], {}, {"20": "PENDING", "10": "UNKNOWN"})
+    # it waits for the job that now carries its prerequisite: keep; for another one: replace
+    assert not _stale(entry, ["train"], {"train": "10"}, {"20": "PENDING", "10": "RUNNING"})
+    assert _stale(entry, ["train"], {"train": "11"}, {"20": "PENDING", "11": "PENDING"})
