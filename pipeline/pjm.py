@@ -16,7 +16,7 @@ differs:
   marker file and exits with REQUEUE_EXIT_CODE, and the caller resubmits it.
 
 No PJM system was used to write this: what rests on PJM's documentation (and public scripts) only
-is marked ASSUMED below. env/pjm-standins emulates these assumptions on a local Slurm for tests.
+is marked ASSUMED below. tests/pipeline/pjm_standins emulates these assumptions on a local Slurm for tests.
 """
 
 from __future__ import annotations

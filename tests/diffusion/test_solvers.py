@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from diffusion.config import ModelConfig
+from helpers import REPO
 from diffusion.model import Denoiser
 from diffusion.sampling import ddim_step, dpm_solver_2m_step, sample_tokens
 from diffusion.schedule import Schedule
@@ -138,23 +139,19 @@ def test_sampler_refuses_an_unknown_solver(batch, denoiser):
     (["sample.solver=ddim", "sample.eta=1.5"], "sample.eta", r"in \[0, 1\]"),
 ])
 def test_solver_keys_are_validated_with_named_errors(sets, key, message):
-    from pathlib import Path
-
     from pipeline.spec import SpecError, load_spec
 
     with pytest.raises(SpecError, match=f"{key}: .*{message}"):
-        load_spec(Path(__file__).resolve().parent.parent / "jobs/qqp_target.yaml", sets)
+        load_spec(REPO / "jobs/qqp_target.yaml", sets)
 
 
 def test_status_estimates_the_sample_stage_from_the_tasks_progress(tmp_path):
-    from pathlib import Path
-
     from diffusion import atomic
     from pipeline.layout import RunLayout
     from pipeline.spec import load_spec
     from pipeline.status import sampling_progress
 
-    spec = load_spec(Path(__file__).resolve().parent.parent / "jobs/demo_target.yaml",
+    spec = load_spec(REPO / "jobs/demo_target.yaml",
                      ["sample.solver=dpm++2m", "sample.steps=20", "sample.seeds=[1,2]"])
     layout = RunLayout(tmp_path, "run")
     rows = [{"step": 100, "state": "done"}, {"step": 200, "state": "running"}, {"step": 300, "state": "waiting-for-input"}]

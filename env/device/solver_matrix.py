@@ -1,6 +1,6 @@
 """Sampling speed and quality of one checkpoint for each solver (issue 13): one JSON line a setting.
 
-    python env/solver_matrix.py CHECKPOINT SPLIT [--pairs 2048] [--score 200]
+    python env/device/solver_matrix.py CHECKPOINT SPLIT [--pairs 2048] [--score 200]
                                 [--setting NAME:solver=S,steps=N,trim=0,pairs=P ...] [--mbr-seeds 10 --mbr-setting NAME]
 
 Each setting decodes the first --pairs pairs of SPLIT once (single sample, seed 101, the
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from diffusion import metrics  # noqa: E402

@@ -4,9 +4,9 @@
 #   then on 2 GPUs under torchrun, then one checkpoint sampled on one GPU (T = 2000), then
 #   diffusion.bench on 1 and 2 GPUs (BENCH=0 skips it).
 # Needs .device/wheels (deepspeed and what the device image lacks) and .device/data (QQP jsonl,
-# train as .xz), both carried (set-up: env/device_setup.sh). Writes logs and figures under $OUT.
+# train as .xz), both carried (set-up: env/device/device_setup.sh). Writes logs and figures under $OUT.
 set -euo pipefail
-source env/device_setup.sh
+source env/device/device_setup.sh
 python3 -c "import torch, deepspeed, datasets, nltk; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, torch.cuda.get_device_name(0))"
 W=/tmp/w; mkdir -p $W
 STEPS1=${STEPS1:-40}; STEPS2=${STEPS2:-80}; STEPS_2GPU=${STEPS_2GPU:-60}

@@ -6,10 +6,10 @@
 # sample, T = 2000), then the combined table (BLEU, ROUGE-L, Dist-1, len, BLEU against the source,
 # empty outputs, the copy-the-source row), the checkpoint diagnostics, the training speed and the
 # first outputs. diffusion/QUALITY.md holds what it printed. Needs .device/wheels and .device/data
-# (carried; set-up: env/device_setup.sh). Extra `--set` values for both: SET="train.steps=100 ...".
+# (carried; set-up: env/device/device_setup.sh). Extra `--set` values for both: SET="train.steps=100 ...".
 # PARALLEL=1 runs the two specs at once on the card (quicker; their logged speeds are then shared).
 set -uo pipefail
-source env/device_setup.sh
+source env/device/device_setup.sh
 export PIPELINE_ROOT=/tmp/runs
 one_mode() {
   local mode=$1
@@ -31,4 +31,4 @@ else
 fi
 cat /tmp/samples_target.txt /tmp/samples_full.txt > "$OUT/samples.txt" 2>/dev/null
 python3 -m pipeline.cli results qqp-fast-target qqp-fast-full --out /tmp/results 2>&1 | tee "$OUT/table.txt"
-python3 env/quality_summary.py $PIPELINE_ROOT/qqp-fast-target $PIPELINE_ROOT/qqp-fast-full | tee -a "$OUT/table.txt"
+python3 env/device/quality_summary.py $PIPELINE_ROOT/qqp-fast-target $PIPELINE_ROOT/qqp-fast-full | tee -a "$OUT/table.txt"

@@ -1,6 +1,6 @@
 """Quality of recipe variants at one budget: train, sample the first N valid pairs, score, diagnose.
 
-    python env/ablation.py SPEC OUT --variant NAME[:KEY=VALUE,KEY=VALUE...] ... [--set KEY=VALUE ...]
+    python env/device/ablation.py SPEC OUT --variant NAME[:KEY=VALUE,KEY=VALUE...] ... [--set KEY=VALUE ...]
                            [--parallel K] [--examples 200] [--timeout S]
 
 Each variant is SPEC with the common `--set` values and its own (a variant without values is SPEC
@@ -11,7 +11,7 @@ the valid split (`python -m diffusion.sample`, single sample), is scored with Di
 (BLEU against the source and the share of empty outputs too) and diagnosed
 (`python -m diffusion.diagnostics`). Up to K variants run at once on the one GPU: the budget is
 the same number of optimizer steps for each, so sharing the card changes their wall time, not
-their result (timings are then not the card's: `env/quality_check.sh` measures those alone).
+their result (timings are then not the card's: `env/device/quality_check.sh` measures those alone).
 
 Prints one JSON line per variant as it ends (also appended to OUT/ablation.jsonl) and a markdown
 table at the end, with the copy-the-source row. Used by the device calls of issue 12.
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from diffusion import metrics  # noqa: E402

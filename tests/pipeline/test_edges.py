@@ -14,7 +14,7 @@ import pytest
 
 from diffusion import atomic
 from tests.helpers import REPO
-from tests.test_pipeline import SMALL, pipeline, status
+from tests.pipeline.test_pipeline import SMALL, pipeline, status
 
 GOOD = '{"src": "how do i learn python ?", "trg": "what is the best way to learn python ?"}'
 

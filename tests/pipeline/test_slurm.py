@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.layout import RunLayout
 from tests.helpers import REPO, slurm_is_up
-from tests.test_pipeline import SMALL, pipeline
+from tests.pipeline.test_pipeline import SMALL, pipeline
 
 
 pytestmark = pytest.mark.skipif(not slurm_is_up(), reason="no local Slurm: run `bash env/local-slurm.sh up` as root")

@@ -1,16 +1,17 @@
 """The demo study through PJM: the pipeline's PJM plugin talking to the stand-in pjsub/pjstat/pjdel
-(env/pjm-standins), which run every job for real on the local Slurm. PJM jobs cannot wait for one
+(tests/pipeline/pjm_standins), which run every job for real on the local Slurm. PJM jobs cannot wait for one
 another, so `pipeline status` submits each stage when it becomes ready, with one pjstat a call."""
 
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
 from pipeline.layout import RunLayout
 from tests.helpers import REPO, slurm_is_up
-from tests.test_pipeline import SMALL, pipeline
+from tests.pipeline.test_pipeline import SMALL, pipeline
 
 pytestmark = pytest.mark.skipif(not slurm_is_up(), reason="no local Slurm for the PJM stand-ins: `bash env/local-slurm.sh up`")
 
@@ -23,7 +24,7 @@ def pjm_calls(log, command: str) -> int:
 
 def test_demo_study_runs_through_pjm_standins(tmp_path, monkeypatch):
     log = tmp_path / "pjm.calls"
-    monkeypatch.setenv("PATH", f"{REPO / 'env' / 'pjm-standins'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{Path(__file__).parent / 'pjm_standins'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("PJM_STANDIN_LOG", str(log))
     root = tmp_path / "runs"
     proc = pipeline("submit", "jobs/demo_target.yaml", *SMALL, "--executor", "pjm", root=root)

@@ -5,10 +5,10 @@
 #   2. the train stage of jobs/qqp_target.yaml as the pipeline starts it on a cluster (N ranks by
 #      torchrun on one node), SIGKILLed once checkpoint KILL_AFTER is complete, started again (it
 #      resumes and stops itself at TIME_LIMIT s with a checkpoint), then checkpoint KILL_AFTER
-#      sampled on one GPU (env/train_kill_resume.py).
+#      sampled on one GPU (env/device/train_kill_resume.py).
 # Needs .device/wheels and .device/data (carried). Results go to $OUT as they come.
 set -uo pipefail
-source env/device_setup.sh
+source env/device/device_setup.sh
 if [ "${BENCH:-1}" = 1 ]; then
   run bench_1gpu 150 env CUDA_VISIBLE_DEVICES=0 python3 -m diffusion.bench --skip-sample
   if [ "$NGPU" -ge 2 ]; then
@@ -16,7 +16,7 @@ if [ "${BENCH:-1}" = 1 ]; then
     run bench_zero3 150 torchrun --standalone --nproc_per_node "$NGPU" -m diffusion.bench --skip-sample --zero-stage 3
   fi
 fi
-run kill_resume ${KILL_RESUME_S:-420} python3 env/train_kill_resume.py jobs/qqp_target.yaml /tmp/runs \
+run kill_resume ${KILL_RESUME_S:-420} python3 env/device/train_kill_resume.py jobs/qqp_target.yaml /tmp/runs \
   --kill-after ${KILL_AFTER:-100} --set data.train=.device/data/train.jsonl --set data.valid=.device/data/valid.jsonl \
   --set resources.train.gpus=$NGPU --set train.save_every=${KILL_AFTER:-100} --set train.log_every=10 \
   --set train.time_limit_s=${TIME_LIMIT:-200} --set sample.max_examples=512

@@ -1,4 +1,4 @@
-"""The PJM plugin for submitit (pipeline/pjm.py) and the stand-in PJM commands (env/pjm-standins).
+"""The PJM plugin for submitit (pipeline/pjm.py) and the stand-in PJM commands (tests/pipeline/pjm_standins).
 
 Rendering is compared with golden scripts, parsing with outputs in PJM's documented formats; the
 end-to-end tests run real jobs on the local Slurm through the stand-ins (which call sbatch, sacct
@@ -23,7 +23,7 @@ from submitit.core import job_environment, plugins, utils
 from pipeline import pjm
 from tests.helpers import REPO, slurm_is_up
 
-STANDINS = REPO / "env" / "pjm-standins"
+STANDINS = Path(__file__).parent / "pjm_standins"
 GOLDEN = Path(__file__).parent / "golden"
 
 

@@ -2,7 +2,7 @@
 
 from pipeline.prefetch import cache_dir, cache_environment, prefetch
 from pipeline.spec import load_spec
-from tests.test_pipeline import SMALL, pipeline
+from tests.pipeline.test_pipeline import SMALL, pipeline
 
 
 def test_a_model_that_cannot_be_fetched_refuses_the_submission_and_writes_nothing(tmp_path):

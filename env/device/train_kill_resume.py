@@ -1,13 +1,13 @@
 """A run's train stage as a cluster job runs it, killed and resumed, then one checkpoint sampled.
 
-    python env/train_kill_resume.py SPEC ROOT --kill-after STEP [--set KEY=VALUE ...]
+    python env/device/train_kill_resume.py SPEC ROOT --kill-after STEP [--set KEY=VALUE ...]
 
 Makes the run folder from SPEC (as `pipeline submit` does, without a scheduler), runs the
 preprocess task, starts the train task (`pipeline.stages.run_task`, which starts the ranks with
 torchrun as on Slurm and PJM), SIGKILLs its whole process group once checkpoint STEP is complete
 (a node failure), runs the train task again (it resumes from the last complete checkpoint and stops
 itself at train.time_limit_s with a checkpoint), then samples checkpoint STEP. Prints one JSON line
-of timings and the steps each start went through. Used by env/four_gpu_check.sh (issue 6); the same
+of timings and the steps each start went through. Used by env/device/four_gpu_check.sh (issue 6); the same
 on CPU with small --set values checks the script itself.
 """
 
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from diffusion import checkpoint  # noqa: E402

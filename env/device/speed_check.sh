@@ -5,7 +5,7 @@
 # compare its logged tokens/s with the benchmark's. Needs .device/wheels and .device/data (carried).
 # Every result line is appended to $OUT as it comes, so a call cut short still returns figures.
 set -uo pipefail
-source env/device_setup.sh
+source env/device/device_setup.sh
 AUTOTUNE='{"max_autotune": true, "coordinate_descent_tuning": true}'
 run default 150 python3 -m diffusion.bench
 run autotune_sample 170 python3 -m diffusion.bench --skip-train --inductor "$AUTOTUNE"

@@ -8,7 +8,7 @@ import torch
 from diffusion import data
 from diffusion.data import CLS, PAD, SEP, DataError
 
-QQP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "qqp"
+QQP = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qqp"
 N_PAIRS = 3000
 
 
@@ -178,7 +178,7 @@ def test_tokenizer_ids_are_the_same_in_every_process(tmp_path):
         f"texts = [t for l in open({str(QQP / 'valid.jsonl')!r}) for t in json.loads(l).values()];"
         "save_tokenizer(train_tokenizer(texts, 800), sys.argv[1])"
     )
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     for name in ("a.json", "b.json"):
         subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True, cwd=repo)
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Issue 13 in one device call on one GPU, from the repo root: trains the budget recipe for target
-# noising (jobs/qqp_fast_target.yaml, 3000 steps, through env/ablation.py: its DDPM T = 2000
-# sample of the first 200 valid pairs, scores and diagnostics), then env/solver_matrix.py on its
+# noising (jobs/qqp_fast_target.yaml, 3000 steps, through env/device/ablation.py: its DDPM T = 2000
+# sample of the first 200 valid pairs, scores and diagnostics), then env/device/solver_matrix.py on its
 # last checkpoint: each solver over QQP's 2,048 valid pairs (speed; quality on the first 200,
 # single sample), trimmed and untrimmed, and MBR-10 of the whole valid split end to end.
-# Needs .device/wheels and .device/data (carried; see env/device_setup.sh). diffusion/QUALITY.md
+# Needs .device/wheels and .device/data (carried; see env/device/device_setup.sh). diffusion/QUALITY.md
 # and diffusion/BENCHMARKS.md hold what it printed. EXTRA="--set KEY=VALUE ..." changes the recipe
 # (e.g. tiny, for a dry run on a CPU).
 set -uo pipefail
-source env/device_setup.sh
+source env/device/device_setup.sh
 A=/tmp/ablation
-run budget_target ${TRAIN_S:-360} python3 env/ablation.py jobs/qqp_fast_target.yaml $A --variant budget \
+run budget_target ${TRAIN_S:-360} python3 env/device/ablation.py jobs/qqp_fast_target.yaml $A --variant budget \
   --set data.train=.device/data/train.jsonl --set data.valid=.device/data/valid.jsonl --examples 200 \
   --timeout $((${TRAIN_S:-360} - 10)) ${EXTRA:-}
 cp $A/budget/train_log.jsonl "$OUT/train_log_target.jsonl" 2>/dev/null
 CHECKPOINT=$(ls -d $A/budget/checkpoints/step_* | tail -1)
-run solvers ${SOLVER_S:-240} python3 env/solver_matrix.py $CHECKPOINT $(ls $A/data-*/valid.jsonl | head -1) \
+run solvers ${SOLVER_S:-240} python3 env/device/solver_matrix.py $CHECKPOINT $(ls $A/data-*/valid.jsonl | head -1) \
   --pairs 2048 --score 200 --mbr-seeds 10 --mbr-setting dpm20 \
   --setting ddpm2000:solver=ddpm,pairs=512 --setting ddpm2000_l2:solver=ddpm,rounding=l2,pairs=200 \
   --setting ddim20:solver=ddim,steps=20 --setting ddim50:solver=ddim,steps=50 \

@@ -1,10 +1,10 @@
-"""What `env/quality_check.sh` prints beside the results table, per run folder: the train stage's
+"""What `env/device/quality_check.sh` prints beside the results table, per run folder: the train stage's
 wall time (from the end of preprocess to the end of training, so compile, checkpoints and the
 executor's own delays are included), its speed (positions and real tokens a second, the mean of
 the logged windows after the first, which compiles), the last logged loss terms, and each
 checkpoint's diagnostics (token accuracy at three noise levels, embedding and PAD norms).
 
-    python env/quality_summary.py RUN_DIR [RUN_DIR ...]
+    python env/device/quality_summary.py RUN_DIR [RUN_DIR ...]
 """
 
 from __future__ import annotations
