@@ -25,11 +25,9 @@ import torch
 from . import distributed, objective as objective_module
 from .config import Config, DiffusionConfig, ModelConfig, TrainConfig
 from .model import Denoiser, count_parameters
-from .objective import DiffusionObjective
 from .sampling import _fused_rounding_available, nearest_embedding, sample_tokens
 from .schedule import Schedule
-from .timesteps import make_sampler
-from .train import deepspeed_config, uses_bf16, uses_compile
+from .train import build, deepspeed_config, train_step, uses_bf16, uses_compile
 
 
 def sync(device):
@@ -66,19 +64,7 @@ def profile_summary(prof) -> dict:
 
 
 def bench_train(cfg: Config, env, steps: int, warmup: int, zero_overrides: dict, profile: bool = False) -> dict:
-    import deepspeed
-
-    torch.manual_seed(0)
-    schedule = Schedule.named(cfg.diffusion.schedule, cfg.diffusion.steps)
-    objective = DiffusionObjective(Denoiser(cfg.model), schedule, cfg.diffusion.noising,
-                                   autocast_dtype=torch.bfloat16 if uses_bf16(cfg, env.device) else None,
-                                   compile=uses_compile(cfg, env.device))
-    n_parameters = count_parameters(objective)
-    optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=cfg.train.fused_optimizer and env.device.type == "cuda")
-    ds_config = deepspeed_config(cfg, env.world_size)
-    ds_config["zero_optimization"].update(zero_overrides)
-    engine, *_ = deepspeed.initialize(model=objective, optimizer=optimizer, config=ds_config)
-    sampler = make_sampler(cfg.diffusion.timestep_sampler, schedule.num_steps, env.device)
+    run = build(cfg, env, zero_overrides)  # what diffusion.train builds, with the ZeRO variant asked for
     tc, L = cfg.train, cfg.data.seq_len
     accumulation = tc.batch_size // tc.micro_batch_size
     ids = torch.randint(4, cfg.model.vocab_size, (tc.micro_batch_size, L), device=env.device)
@@ -86,13 +72,8 @@ def bench_train(cfg: Config, env, steps: int, warmup: int, zero_overrides: dict,
     mask[:, L // 2 :] = 1
     loss_sum = torch.zeros((), device=env.device)
 
-    def step():  # as diffusion.train's loop
-        for _ in range(accumulation):
-            t, w = sampler.sample(ids.shape[0])
-            terms = engine(ids, mask, t)
-            sampler.update(t, terms["loss"])
-            engine.backward((terms["loss"] * w).mean())
-            engine.step()
+    def step():  # diffusion.train's step, on one fixed micro-batch (the EMA update aside)
+        for terms, _ in train_step(run, lambda: (ids, mask), accumulation):
             loss_sum.add_(terms["loss"].detach().mean())
 
     start = time.perf_counter()
@@ -122,10 +103,11 @@ def bench_train(cfg: Config, env, steps: int, warmup: int, zero_overrides: dict,
     tokens_per_s = tc.batch_size * L / seconds  # per rank
     return {"s_per_step": seconds, "tokens_per_s_per_gpu": tokens_per_s,
             "tokens_per_s_total": tokens_per_s * env.world_size,
-            "tflops_per_gpu": 6 * n_parameters * tokens_per_s / 1e12, "peak_memory_gib": peak_memory_gib(env.device),
+            "tflops_per_gpu": 6 * run.n_parameters * tokens_per_s / 1e12, "peak_memory_gib": peak_memory_gib(env.device),
             "first_step_s": first_step_s, "compiled": uses_compile(cfg, env.device),
             "compile_options": objective_module.COMPILE_OPTIONS if uses_compile(cfg, env.device) else None,
-            "fused_optimizer": cfg.train.fused_optimizer and env.device.type == "cuda", "zero_optimization": ds_config["zero_optimization"],
+            "fused_optimizer": cfg.train.fused_optimizer and env.device.type == "cuda",
+            "zero_optimization": deepspeed_config(cfg, env.world_size)["zero_optimization"] | zero_overrides,
             "loss": loss_sum.item() / ((1 + warmup + steps) * accumulation), **result}
 
 

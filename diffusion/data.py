@@ -7,7 +7,6 @@ DiffuSeq's `helper_tokenize` builds it. The model only ever noises where the mas
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path

@@ -17,8 +17,9 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -135,19 +136,23 @@ def load_data(cfg: Config, outdir: Path, data_dir: Path | None, env) -> tuple[Pa
     return data_dir, replace(cfg, model=replace(cfg.model, vocab_size=vocab_size))
 
 
-def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, stop_after: int | None = None,
-          force_cpu: bool = False) -> dict:
-    """Train (or resume) to cfg.train.steps, or until `stop_after` steps or the time limit. Returns a summary."""
-    wall_start = time.monotonic()
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    env = distributed.setup(force_cpu)
-    import deepspeed  # after setup: the CPU accelerator must be chosen first
+@dataclass
+class Training:
+    """What a run trains, built the same on every rank: the engine (objective, optimizer, learning
+    rate) and beside it the EMA of the denoiser and the timestep sampler."""
 
-    data_dir, cfg = load_data(cfg, outdir, data_dir, env)
+    schedule: Schedule
+    engine: Any
+    lr_schedule: Any
+    ema: EMA
+    sampler: Any
+    n_parameters: int
+
+
+def build(cfg: Config, env, zero_overrides: dict | None = None) -> Training:
+    import deepspeed  # after distributed.setup: the CPU accelerator must be chosen first
+
     tc = cfg.train
-
-    # --- model, objective, optimizer, engine (same init on every rank) ---
     torch.manual_seed(tc.seed)
     schedule = Schedule.named(cfg.diffusion.schedule, cfg.diffusion.steps)
     denoiser = Denoiser(cfg.model)
@@ -160,11 +165,87 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
         fused=tc.fused_optimizer and env.device.type == "cuda",
     )
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(cfg))
-    engine, _, _, _ = deepspeed.initialize(
-        model=objective, optimizer=optimizer, lr_scheduler=lr_schedule, config=deepspeed_config(cfg, env.world_size)
-    )
+    ds_config = deepspeed_config(cfg, env.world_size)
+    ds_config["zero_optimization"].update(zero_overrides or {})
+    engine, _, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer, lr_scheduler=lr_schedule, config=ds_config)
     ema = EMA(engine.module.denoiser, tc.ema_rate, tc.ema_warmup)
     sampler = make_sampler(cfg.diffusion.timestep_sampler, schedule.num_steps, env.device)
+    return Training(schedule, engine, lr_schedule, ema, sampler, n_parameters)
+
+
+def train_step(run: Training, next_batch, accumulation: int) -> list[tuple[dict, torch.Tensor]]:
+    """One optimizer step over `accumulation` micro-batches from `next_batch()`: the loss terms
+    and input ids of each micro-batch (kept on the device: no host sync)."""
+    done = []
+    for _ in range(accumulation):
+        ids, mask = next_batch()
+        t, weights = run.sampler.sample(ids.shape[0])
+        terms = run.engine(ids, mask, t)
+        run.sampler.update(t, terms["loss"])
+        run.engine.backward((terms["loss"] * weights).mean())
+        run.engine.step()
+        done.append((terms, ids))
+    return done
+
+
+def log_record(window: LossWindow, step: int, run: Training, cfg: Config, env, elapsed: float, steps: int) -> dict:
+    """The log line of the steps since the last one: the loss and its terms, speeds, ETA."""
+    terms, real_tokens = window.means()
+    record = {
+        "step": step, "loss": terms["loss"], "lr": run.lr_schedule.get_last_lr()[0],
+        "terms": {k: v for k, v in terms.items() if k != "loss"},
+        # positions (PAD included) and real tokens of every rank, per second
+        "tokens_per_s": window.positions * env.world_size / max(elapsed, 1e-9),
+        "real_tokens_per_s": real_tokens * env.world_size / max(elapsed, 1e-9),
+        "s_per_step": elapsed / steps,
+        "eta_s": (cfg.train.steps - step) * elapsed / steps, "time": time.time(), "total_steps": cfg.train.steps,
+    }
+    if env.device.type == "cuda":  # allocator statistics: no device sync
+        record["max_memory_gib"] = torch.cuda.max_memory_allocated(env.device) / 2**30
+    return record
+
+
+def write_log(outdir: Path, record: dict) -> None:
+    with open(outdir / "train_log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    atomic.write_json(outdir / HEARTBEAT, record)
+    shown = " ".join(f"{k} {v:.4f}" for k, v in record["terms"].items())
+    print(f"[train] step {record['step']}/{record['total_steps']} loss {record['loss']:.4f} ({shown}) "
+          f"{record['tokens_per_s']:,.0f} positions/s, {record['real_tokens_per_s']:,.0f} real tokens/s", flush=True)
+
+
+def save_checkpoint(run: Training, batches: BatchStream, cfg: Config, data_dir: Path, ckpt_root: Path, step: int,
+                    env) -> None:
+    """Collective: the engine's state, each rank's RNG, data position and sampler, and the EMA
+    weights exported for sampling (with the config and the tokenizer)."""
+    def main_files(folder: Path):
+        atomic.torch_save({"config": to_dict(cfg), "state_dict": exported, "step": step}, folder / "model.pt")
+        shutil.copyfile(data_dir / "tokenizer.json", folder / "tokenizer.json")
+
+    exported = run.ema.full_state_dict()  # collective under ZeRO-3
+    rank_state = {
+        "cpu_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None,
+        "batches": batches.state_dict(),
+        "sampler": run.sampler.state_dict(),
+        "ema": run.ema.state_dict() if run.ema.partitioned else None,
+    }
+    checkpoint.save(run.engine, ckpt_root, step, env.rank, env.world_size, rank_state, main_files,
+                    {"zero_stage": cfg.train.zero_stage})
+
+
+def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, stop_after: int | None = None,
+          force_cpu: bool = False) -> dict:
+    """Train (or resume) to cfg.train.steps, or until `stop_after` steps or the time limit. Returns a summary."""
+    wall_start = time.monotonic()
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    env = distributed.setup(force_cpu)
+    data_dir, cfg = load_data(cfg, outdir, data_dir, env)
+    tc = cfg.train
+
+    # --- build: model, objective, optimizer, engine, EMA, sampler (same init on every rank), data ---
+    run = build(cfg, env)
     input_ids, input_mask = load_encoded(data_dir / "train.pt")
     widths = sequence_widths(input_mask, cfg.data) if cfg.data.trim else None
     batches = BatchStream(input_ids, input_mask, tc.micro_batch_size, env.rank, env.world_size, tc.seed, env.device,
@@ -173,78 +254,37 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
 
     # --- resume from the last complete checkpoint, if any ---
     ckpt_root = outdir / "checkpoints"
-    step = resume(engine, ema, sampler, batches, ckpt_root, env)
+    step = resume(run.engine, run.ema, run.sampler, batches, ckpt_root, env)
     accumulation = tc.batch_size // tc.micro_batch_size
     last_step = min(tc.steps, stop_after) if stop_after is not None else tc.steps
     # the checkpoints the pipeline expects; a run stopped early also saves where it stops
     scheduled = set(checkpoint_steps(tc.steps, tc.save_every))
     if env.is_main:
-        print(f"[train] {n_parameters / 1e6:.1f} M parameters, {env.world_size} rank(s) on "
+        print(f"[train] {run.n_parameters / 1e6:.1f} M parameters, {env.world_size} rank(s) on "
               f"{env.device.type}, ZeRO-{tc.zero_stage}, {'bf16' if uses_bf16(cfg, env.device) else 'fp32'}"
               f"{', compiled' if uses_compile(cfg, env.device) else ''}, micro-batch {tc.micro_batch_size}, "
               f"step {step} -> {last_step}", flush=True)
 
-    def save(at_step: int):
-        def main_files(folder: Path):
-            atomic.torch_save({"config": to_dict(cfg), "state_dict": exported, "step": at_step}, folder / "model.pt")
-            shutil.copyfile(data_dir / "tokenizer.json", folder / "tokenizer.json")
-
-        exported = ema.full_state_dict()  # collective under ZeRO-3
-        rank_state = {
-            "cpu_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None,
-            "batches": batches.state_dict(),
-            "sampler": sampler.state_dict(),
-            "ema": ema.state_dict() if ema.partitioned else None,
-        }
-        checkpoint.save(engine, ckpt_root, at_step, env.rank, env.world_size, rank_state, main_files,
-                        {"zero_stage": tc.zero_stage})
-
-    # --- the loop ---
+    # --- the loop: step, log, checkpoint ---
     window = LossWindow(env.device)
     stop = StopRequest(enabled=env.world_size == 1)
     window_start, window_steps, slowest_step, first_step = time.monotonic(), 0, 0.0, step
     stopped_for_time = False
-    engine.train()
+    run.engine.train()
     while step < last_step:
         step_start = time.monotonic()
-        for _ in range(accumulation):
-            ids, mask = batches.next()
-            t, weights = sampler.sample(ids.shape[0])
-            terms = engine(ids, mask, t)
-            sampler.update(t, terms["loss"])
-            loss = (terms["loss"] * weights).mean()
-            engine.backward(loss)
-            engine.step()
+        for terms, ids in train_step(run, batches.next, accumulation):
             window.add(terms, ids)
         step += 1
-        ema.update(step)
+        run.ema.update(step)
         window_steps += 1
         if step > first_step + 1:  # the first step of a start compiles: not what one more step costs
             slowest_step = max(slowest_step, time.monotonic() - step_start)
 
         if step % tc.log_every == 0 or step == last_step:
-            terms, real_tokens = window.means()
-            mean_loss = terms["loss"]
-            elapsed = time.monotonic() - window_start
-            # positions (PAD included) and real tokens of every rank, per second
-            tokens_per_s = window.positions * env.world_size / max(elapsed, 1e-9)
-            record = {
-                "step": step, "loss": mean_loss, "lr": lr_schedule.get_last_lr()[0],
-                "terms": {k: v for k, v in terms.items() if k != "loss"},
-                "tokens_per_s": tokens_per_s, "real_tokens_per_s": real_tokens * env.world_size / max(elapsed, 1e-9),
-                "s_per_step": elapsed / window_steps,
-                "eta_s": (tc.steps - step) * elapsed / window_steps, "time": time.time(), "total_steps": tc.steps,
-            }
-            if env.device.type == "cuda":  # allocator statistics: no device sync
-                record["max_memory_gib"] = torch.cuda.max_memory_allocated(env.device) / 2**30
+            record = log_record(window, step, run, cfg, env, time.monotonic() - window_start, window_steps)
             if env.is_main:
-                with open(outdir / "train_log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                atomic.write_json(outdir / HEARTBEAT, record)
-                shown = " ".join(f"{k} {v:.4f}" for k, v in record["terms"].items())
-                print(f"[train] step {step}/{tc.steps} loss {mean_loss:.4f} ({shown}) {tokens_per_s:,.0f} positions/s, "
-                      f"{record['real_tokens_per_s']:,.0f} real tokens/s", flush=True)
+                write_log(outdir, record)
             window.reset()
             window_start, window_steps = time.monotonic(), 0
 
@@ -253,13 +293,13 @@ def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, s
             remaining = tc.time_limit_s - (time.monotonic() - wall_start)
             stopped_for_time = remaining < 3 * slowest_step + 60
         if step in scheduled or step == last_step or stopped_for_time or stop.signal:
-            save(step)
+            save_checkpoint(run, batches, cfg, data_dir, ckpt_root, step, env)
         if stopped_for_time or stop.signal:
             break
 
     distributed.barrier()
     return {"step": step, "finished": step >= tc.steps, "stopped_for_time": stopped_for_time, "stopped_by_signal": stop.signal,
-            "checkpoints": str(ckpt_root), "rank": env.rank, "parameters_sha256": parameters_digest(engine.module)}
+            "checkpoints": str(ckpt_root), "rank": env.rank, "parameters_sha256": parameters_digest(run.engine.module)}
 
 
 def parameters_digest(module: torch.nn.Module) -> str | None:

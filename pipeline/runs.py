@@ -194,7 +194,7 @@ def retry(layout: RunLayout, wait: bool) -> int:
         console.print(f"{layout.run_id}: no failed task to retry ({st['state']})")
         return 0
     console.print(f"retrying {', '.join(retried) or 'the stopped run'}")
-    return start(layout, st["executor"] or load_frozen(layout.spec).site.executor, args.wait)
+    return start(layout, st["executor"] or load_frozen(layout.spec).site.executor, wait)
 
 
 def cancel(layout: RunLayout) -> int:

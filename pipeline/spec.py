@@ -39,6 +39,7 @@ from diffusion.manifest import checkpoint_steps
 
 from .backends import NAMES as EXECUTORS  # names only: no scheduler module is imported
 from .errors import UserError
+from .layout import RUN_ID
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class JobSpec:
 
 REPO = Path(__file__).resolve().parents[1]
 SITES_DIR = REPO / "env" / "sites"
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # run IDs and site names
+RUN_NAME = RUN_ID  # run names and site names follow the rule of run IDs
 DATA_PATH_KEYS = ("data.train", "data.valid", "data.test")
 EVAL_SPLITS = ("valid", "test")
 CLI_SET, CLI_SITE = "--set", "--site"  # the `file` of errors about command-line values

@@ -60,3 +60,56 @@ def test_a_pending_job_is_stale_when_it_waits_for_a_job_it_no_longer_needs():
     # it waits for the job that now carries its prerequisite: keep; for another one: replace
     assert not _stale(entry, ["train"], {"train": "10"}, {"20": "PENDING", "10": "RUNNING"})
     assert _stale(entry, ["train"], {"train": "11"}, {"20": "PENDING", "11": "PENDING"})
+
+
+def slurm_run(tmp_path):
+    """A demo run on Slurm with its jobs recorded: preprocess done, train running (job 101), the
+    samples of steps 100 and 200 as array 102, evaluate of step 100 as job 103."""
+    from pipeline.jobs import Registry
+    from pipeline.layout import RunLayout
+    from pipeline.spec import freeze, load_spec
+    from pipeline.stages import write_run_inputs
+    from helpers import REPO
+
+    spec = load_spec(REPO / "jobs/demo_target.yaml", ["site.executor=slurm", "train.steps=200", "train.save_every=100"])
+    layout = RunLayout(tmp_path, spec.name)
+    write_run_inputs(layout, spec, freeze(spec))
+    layout.mark_done("preprocess")
+    registry = Registry(layout)
+    for task, job in [("train", "101"), ("sample-0000100", "102_0"), ("sample-0000200", "102_1"),
+                      ("evaluate-0000100", "103")]:
+        registry.record(task, "slurm", job, [])
+    registry.save()
+    return layout
+
+
+def states_of(st):
+    return {task["task"]: task["state"] for stage in st["stages"] for task in stage["tasks"]}
+
+
+def test_status_reads_the_task_states_from_the_one_query_it_is_given(tmp_path):
+    from pipeline.status import run_status
+
+    layout = slurm_run(tmp_path)
+    answer = {"101": "RUNNING", "102_0": "PENDING", "102_1": "PENDING", "103": "PENDING"}
+    st = run_status(layout, {"executor": "slurm", "states": answer})
+    states = states_of(st)
+    assert states["preprocess"] == "done" and states["train"] == "running"
+    assert states["sample-0000100"] == states["evaluate-0000100"] == "queued"  # live jobs, waiting in Slurm
+    assert states["aggregate"] == "waiting-for-input"
+    assert st["state"] == "running" and st["scheduler_queries"] == 1
+
+
+def test_a_job_that_ended_without_its_output_is_queued_again_and_an_own_error_fails(tmp_path):
+    from pipeline.status import run_status
+
+    layout = slurm_run(tmp_path)
+    layout.mark_failed("sample", 200, "a bad checkpoint")  # its own error: not retried by itself
+    answer = {"101": "COMPLETED", "102_0": "CANCELLED", "102_1": "FAILED", "103": "UNKNOWN"}
+    layout.mark_done("train")
+    st = run_status(layout, {"executor": "slurm", "states": answer})
+    states = states_of(st)
+    assert states["sample-0000100"] == "queued"  # killed (cancelled) without its output: submitted again
+    assert states["sample-0000200"] == "failed" and st["failures"][0]["error"] == "a bad checkpoint"
+    assert states["evaluate-0000100"] == "queued"  # the scheduler did not answer: live, never resubmitted
+    assert states["evaluate-0000200"] == "blocked"  # its sample failed

@@ -21,7 +21,7 @@ import submitit
 from submitit.core import job_environment, plugins, utils
 
 from pipeline import pjm
-from tests.helpers import REPO, slurm_is_up
+from tests.helpers import slurm_is_up
 
 STANDINS = Path(__file__).parent / "pjm_standins"
 GOLDEN = Path(__file__).parent / "golden"

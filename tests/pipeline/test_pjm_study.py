@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.layout import RunLayout
-from tests.helpers import REPO, slurm_is_up
+from tests.helpers import slurm_is_up
 from tests.pipeline.test_pipeline import SMALL, pipeline
 
 pytestmark = pytest.mark.skipif(not slurm_is_up(), reason="no local Slurm for the PJM stand-ins: `bash env/local-slurm.sh up`")
