@@ -1,4 +1,5 @@
-"""The login-node commands stay light: submit, status and cancel import neither torch nor numpy."""
+"""The login-node commands stay light: submit, status, watch, retry and cancel import neither torch
+nor numpy (`results` draws its plot with matplotlib, which needs numpy)."""
 
 import json
 import os
@@ -19,11 +20,14 @@ folder.mkdir(parents=True)
 (folder / 'model.pt').write_bytes(b'x')
 (folder / 'meta.json').write_text(json.dumps({'step': 10, 'world_size': 1, 'files': {'model.pt': 1}}))
 assert cli.main(['status', 'demo-target', '--json']) == 0
+assert cli.main(['watch', 'demo-target', '--interval', '0']) == 1  # a cancelled run: watch ends at once
+assert cli.main(['retry', 'demo-target']) == 0  # its local loop starts again...
+assert cli.main(['cancel', 'demo-target']) == 0  # ...and stops
 print(json.dumps({'heavy': [m for m in ('torch', 'numpy') if m in sys.modules]}))
 """
 
 
-def test_submit_status_and_cancel_import_neither_torch_nor_numpy(tmp_path):
+def test_submit_status_watch_retry_and_cancel_import_neither_torch_nor_numpy(tmp_path):
     root = tmp_path / "runs"
     env = {**os.environ, "PIPELINE_ROOT": str(root), "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(root)], cwd=REPO, env=env, capture_output=True, text=True,
