@@ -101,12 +101,15 @@ class TrainConfig:
     compile: bool = True  # torch.compile the loss (denoiser + decoder NLL); not under ZeRO-3, whose hooks it breaks
 
 
+Solver = Literal["ddpm", "ddim", "dpm++2m"]  # how reverse diffusion moves z (diffusion/sampling.py)
+
+
 @dataclass(frozen=True)
 class SampleConfig:
     steps: int | None = None  # None: all T steps; fewer respaces the schedule (time-uniform)
     # how z moves from one step to the next: DiffuSeq's ancestral DDPM, DDIM, or DPM-Solver++(2M),
     # the last two made for few steps (DiffuSeq-v2: 10-20 DPM-Solver++ steps ~ 2000 DDPM steps)
-    solver: Literal["ddpm", "ddim", "dpm++2m"] = "ddpm"
+    solver: Solver = "ddpm"
     eta: float = 0.0  # ddim only: the share of the posterior's noise added back at each step
     clamp_step: int = 0  # round x0 to the nearest embedding at every step t >= clamp_step
     # how x0 is rounded to a token: the nearest embedding in L2 (DiffuSeq), or the decoder's choice,

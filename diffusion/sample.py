@@ -27,7 +27,7 @@ from .config import ConfigError, SampleConfig
 from .data import (DataError, batch_width, decode, width_batches, encode_pairs, load_pairs, sequence_widths, split_sequence,
                    target_budget)
 from .metrics import mbr_select
-from .sampling import sample_tokens
+from .sampling import SOLVERS, sample_tokens
 from .schedule import Schedule
 
 
@@ -52,7 +52,8 @@ def generate(denoiser, cfg, tokenizer, pairs: list[dict], seed: int, sample_cfg:
         mask = input_mask[batch, :width].to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext():
             tokens = sample_tokens(denoiser, schedule, ids, mask, cfg.diffusion.noising, sample_cfg.full_mode,
-                                   sample_cfg.clamp_step, sample_cfg.rounding, sample_cfg.solver, sample_cfg.eta, generator, cfg.diffusion.rescale_timesteps)
+                                   sample_cfg.clamp_step, sample_cfg.rounding, sample_cfg.solver, sample_cfg.eta,
+                                   generator, cfg.diffusion.rescale_timesteps)
         for index, row_mask, row_tokens in zip(batch.tolist(), mask.cpu(), tokens.cpu()):
             hypotheses[index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])
         if progress:
@@ -73,6 +74,17 @@ def select_mbr(candidates_per_seed: list[list[dict]]) -> list[dict]:
     return chosen
 
 
+def ready_for_sampling(denoiser, sample_cfg: SampleConfig, device: torch.device):
+    """The denoiser as the sample config wants it on this device: bf16 weights (with the GELU in
+    the matmul epilogue) and compiled, on a GPU."""
+    if device.type == "cuda" and sample_cfg.weights == "bf16":
+        denoiser = denoiser.to(torch.bfloat16)
+        denoiser.use_gelu_epilogue(sample_cfg.gelu_epilogue)
+    if sample_cfg.compile and device.type == "cuda":
+        denoiser.compile()  # in place: fuses each reverse step's LayerNorms, GELUs and casts
+    return denoiser
+
+
 def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None, cpu: bool = False,
         progress: Callable[[int, int], None] | None = None) -> dict:
     """Sample `split` with the checkpoint; `overrides` replace fields of the checkpoint's sample config.
@@ -81,11 +93,7 @@ def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None,
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
     cfg, denoiser, tokenizer = load_exported(checkpoint, device)
     sample_cfg = replace(cfg.sample, **(overrides or {}))
-    if device.type == "cuda" and sample_cfg.weights == "bf16":
-        denoiser = denoiser.to(torch.bfloat16)
-        denoiser.use_gelu_epilogue(sample_cfg.gelu_epilogue)
-    if sample_cfg.compile and device.type == "cuda":
-        denoiser.compile()  # in place: fuses each reverse step's LayerNorms, GELUs and casts
+    denoiser = ready_for_sampling(denoiser, sample_cfg, device)
     pairs = load_pairs(split, sample_cfg.max_examples)
     out = Path(out)
     started = time.monotonic()
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="output jsonl of {src, ref, hyp}")
     parser.add_argument("--seeds", help="comma-separated seeds, one candidate each (default: the config's)")
     parser.add_argument("--steps", type=int, help="respaced number of reverse steps (default: all T)")
-    parser.add_argument("--solver", choices=["ddpm", "ddim", "dpm++2m"])
+    parser.add_argument("--solver", choices=SOLVERS)
     parser.add_argument("--eta", type=float, help="ddim: share of the posterior noise (0: deterministic)")
     parser.add_argument("--clamp-step", type=int)
     parser.add_argument("--rounding", choices=["l2", "logits"], help="round x0 to the nearest embedding or the logits' argmax")

@@ -25,10 +25,12 @@ denoiser gets its previous (unrounded) estimate of z_0 back at every step, zeros
 from __future__ import annotations
 
 import math
+import typing
 from typing import Callable
 
 import torch
 
+from .config import Solver
 from .model import Denoiser
 from .objective import keep_source
 from .schedule import Schedule
@@ -58,12 +60,11 @@ def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, chunk_elements: 
     return ids.view(z.shape[:-1])
 
 
-SOLVERS = ("ddpm", "ddim", "dpm++2m")
+SOLVERS = typing.get_args(Solver)
 
 
 def _abar(schedule: Schedule, step: int) -> float:
-    """abar at `step` of the schedule, 1 before its first step."""
-    return float(schedule.alphas_cumprod[step]) if step >= 0 else 1.0
+    return float(schedule.alphas_cumprod[step])
 
 
 def ddim_step(schedule: Schedule, z: torch.Tensor, predicted_z_0: torch.Tensor, step: int, eta: float = 0.0,
@@ -72,7 +73,7 @@ def ddim_step(schedule: Schedule, z: torch.Tensor, predicted_z_0: torch.Tensor, 
     sigma = eta * sqrt(posterior variance); eta = 1 gives exactly DDPM's posterior mean."""
     abar, abar_next = _abar(schedule, step), _abar(schedule, step - 1)
     eps = (z - abar**0.5 * predicted_z_0) / (1 - abar) ** 0.5
-    sigma = eta * ((1 - abar_next) / (1 - abar) * (1 - abar / abar_next)) ** 0.5
+    sigma = eta * float(schedule.posterior_variance[step]) ** 0.5
     z_next = abar_next**0.5 * predicted_z_0 + max(1 - abar_next - sigma**2, 0.0) ** 0.5 * eps
     return z_next + sigma * noise if noise is not None and sigma > 0 else z_next
 
@@ -141,7 +142,7 @@ def sample_tokens(
     previous_z_0 = torch.zeros_like(emb) if denoiser.cfg.self_condition else None
     if noising == "target":
         z = keep_source(z, emb, input_mask)
-    history: list[torch.Tensor] = []  # dpm++2m: the previous step's (rounded) z_0
+    last_z_0 = None  # dpm++2m: the previous step's (rounded) z_0
     for step in reversed(range(schedule.num_steps)):
         t = torch.full((emb.shape[0],), step, device=emb.device, dtype=torch.long)
         if noising == "full" and full_mode == "conditional":
@@ -164,8 +165,7 @@ def sample_tokens(
         elif solver == "ddim":
             z = ddim_step(schedule, z, predicted_z_0, step, eta, randn_like(z) if eta else None)
         else:
-            z = dpm_solver_2m_step(schedule, z, predicted_z_0, step, history[-1] if history else None)
-            history[:] = [predicted_z_0]
+            z, last_z_0 = dpm_solver_2m_step(schedule, z, predicted_z_0, step, last_z_0), predicted_z_0
         if noising == "target":
             z = keep_source(z, emb, input_mask)
     return denoiser.logits(z).argmax(-1)

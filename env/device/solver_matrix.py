@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -29,20 +30,24 @@ sys.path.insert(0, str(REPO))
 from diffusion import metrics  # noqa: E402
 from diffusion.checkpoint import load_exported  # noqa: E402
 from diffusion.data import load_pairs  # noqa: E402
-from diffusion.sample import generate, run  # noqa: E402
+from diffusion.sample import generate, ready_for_sampling, run  # noqa: E402
 
 DEFAULT_SETTINGS = ["ddpm2000:solver=ddpm", "ddim20:solver=ddim,steps=20", "ddim50:solver=ddim,steps=50",
                     "dpm10:solver=dpm++2m,steps=10", "dpm20:solver=dpm++2m,steps=20"]
 
 
-def parse_setting(text: str) -> tuple[str, dict, bool]:
+def parse_setting(text: str) -> tuple[str, dict, bool, int | None]:
+    """(name, sample-config fields, trimmed, pairs or None for all) of NAME:field=value,..."""
     name, _, fields = text.partition(":")
-    values = dict(item.split("=", 1) for item in fields.split(",") if item)
-    trim = values.pop("trim", "1") != "0"
-    pairs = int(values.pop("pairs", 0)) or None
-    typed = {k: (int(v) if k in ("steps", "batch_size", "clamp_step") else float(v) if k == "eta" else v)
-             for k, v in values.items()}
-    return name, typed, trim, pairs
+    values = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in fields.split(",") if item)}
+    trim = values.pop("trim", 1) != 0
+    pairs = values.pop("pairs", None)
+    return name, values, trim, pairs
+
+
+def scores_of(rows: list[dict]) -> dict:
+    return metrics.score([r["hyp"] for r in rows], [r["ref"] for r in rows], [r["src"] for r in rows],
+                         bertscore_model=None)
 
 
 def main() -> int:
@@ -58,9 +63,7 @@ def main() -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg, denoiser, tokenizer = load_exported(args.checkpoint, device)
-    if device.type == "cuda" and cfg.sample.weights == "bf16":
-        denoiser = denoiser.to(torch.bfloat16)
-        denoiser.use_gelu_epilogue(cfg.sample.gelu_epilogue)
+    denoiser = ready_for_sampling(denoiser, cfg.sample, device)
     pairs = load_pairs(args.split, args.pairs)
     settings = [parse_setting(s) for s in (args.setting or DEFAULT_SETTINGS)]
     generate(denoiser, cfg, tokenizer, pairs[:16], 0, dataclasses.replace(cfg.sample, steps=5), device)  # warm-up
@@ -77,8 +80,7 @@ def main() -> int:
             torch.cuda.synchronize()
         seconds = time.monotonic() - started
         scored = rows[: args.score]
-        scores = metrics.score([r["hyp"] for r in scored], [r["ref"] for r in scored], [r["src"] for r in scored],
-                               bertscore_model=None)
+        scores = scores_of(scored)
         print(json.dumps({"setting": name, **fields, "trim": trim, "pairs": len(some), "seconds": round(seconds, 2),
                           "sentences_per_s": round(len(some) / seconds, 1), "scored": len(scored), **scores,
                           "examples": [r["hyp"] for r in scored[:3]]}), flush=True)
@@ -92,8 +94,7 @@ def main() -> int:
                           {**fields, "seeds": seeds, "max_examples": args.pairs})
             seconds = time.monotonic() - started
             chosen = [json.loads(line) for line in open(Path(folder) / "mbr.jsonl")][: args.score]
-        scores = metrics.score([r["hyp"] for r in chosen], [r["ref"] for r in chosen], [r["src"] for r in chosen],
-                               bertscore_model=None)
+        scores = scores_of(chosen)
         print(json.dumps({"setting": f"mbr{args.mbr_seeds}-{name}", **fields, "pairs": summary["pairs"],
                           "seeds": len(seeds), "seconds_end_to_end": round(seconds, 1),
                           "decode_seconds": round(summary["seconds"], 1), "scored": len(chosen), **scores}), flush=True)

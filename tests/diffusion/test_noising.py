@@ -1,32 +1,12 @@
 """Noising modes in training and sampling: what happens to the source positions."""
 
-import pytest
 import torch
 
-from diffusion.config import ModelConfig
-from diffusion.model import Denoiser
 from diffusion.objective import DiffusionObjective
 from diffusion.sampling import nearest_embedding, sample_tokens
 from diffusion.schedule import Schedule
 
 T = 50
-
-
-@pytest.fixture()
-def batch():
-    torch.manual_seed(0)
-    ids = torch.randint(4, 60, (4, 24))
-    mask = torch.zeros(4, 24, dtype=torch.long)
-    mask[:, 10:] = 1  # positions 0..9: source, 10..23: target
-    return ids, mask
-
-
-@pytest.fixture()
-def denoiser():
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=60, embed_dim=64, hidden_size=32, num_layers=1, num_heads=2, ffn_size=64,
-                      max_positions=24, dropout=0.0)
-    return Denoiser(cfg).eval()
 
 
 def test_target_mode_training_keeps_the_source_clean(batch, denoiser):
@@ -48,12 +28,14 @@ def test_full_mode_training_noises_the_source(batch, denoiser):
     assert set(terms) == {"loss", "mse", "nll", "tT", "mse_source", "mse_target"} and terms["loss"].shape == (4,)
 
 
-def record_states(denoiser, batch, noising, full_mode):
+def record_states(denoiser, batch, noising, full_mode, schedule=None, solver="ddpm"):
+    """(the state the denoiser saw at every step, the clean embedding, the source mask, the tokens)."""
     ids, mask = batch
     states = {}
-    sample_tokens(denoiser, Schedule.named("sqrt", T), ids, mask, noising, full_mode,
-                  generator=torch.Generator().manual_seed(1), on_step=lambda t, z: states.__setitem__(t, z.clone()))
-    return states, denoiser.embed(ids), mask == 0
+    tokens = sample_tokens(denoiser, schedule or Schedule.named("sqrt", T), ids, mask, noising, full_mode, solver=solver,
+                           generator=torch.Generator().manual_seed(1),
+                           on_step=lambda t, z: states.__setitem__(t, z.clone()))
+    return states, denoiser.embed(ids), mask == 0, tokens
 
 
 def source_residual(schedule, step, z, emb, src):
@@ -63,14 +45,14 @@ def source_residual(schedule, step, z, emb, src):
 
 
 def test_target_mode_sampling_never_changes_the_source(batch, denoiser):
-    states, emb, src = record_states(denoiser, batch, "target", "conditional")
+    states, emb, src, _ = record_states(denoiser, batch, "target", "conditional")
     assert sorted(states) == list(range(T))
     for z in states.values():
         assert torch.equal(z[src], emb[src])
 
 
 def test_conditional_sampling_puts_the_forward_diffused_source_back_every_step(batch, denoiser):
-    states, emb, src = record_states(denoiser, batch, "full", "conditional")
+    states, emb, src, _ = record_states(denoiser, batch, "full", "conditional")
     schedule = Schedule.named("sqrt", T)
     previous = None
     for step in range(T):
@@ -82,7 +64,7 @@ def test_conditional_sampling_puts_the_forward_diffused_source_back_every_step(b
 
 
 def test_joint_sampling_denoises_the_source_instead(batch, denoiser):
-    states, emb, src = record_states(denoiser, batch, "full", "joint")
+    states, emb, src, _ = record_states(denoiser, batch, "full", "joint")
     schedule = Schedule.named("sqrt", T)
     # near t = 0 an untrained model's source is far from the forward-diffused clean source
     assert source_residual(schedule, 1, states[1], emb, src).std() > 2  # conditional: 1 +- 0.15

@@ -3,31 +3,13 @@
 import pytest
 import torch
 
-from diffusion.config import ModelConfig
-from helpers import REPO
-from diffusion.model import Denoiser
 from diffusion.sampling import ddim_step, dpm_solver_2m_step, sample_tokens
 from diffusion.schedule import Schedule
+from helpers import REPO
+from tests.diffusion.test_noising import record_states, source_residual
 
 T = 200
 SOLVERS = ["ddpm", "ddim", "dpm++2m"]
-
-
-@pytest.fixture()
-def batch():
-    torch.manual_seed(0)
-    ids = torch.randint(4, 60, (4, 24))
-    mask = torch.zeros(4, 24, dtype=torch.long)
-    mask[:, 10:] = 1  # positions 0..9: source, 10..23: target
-    return ids, mask
-
-
-@pytest.fixture()
-def denoiser():
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=60, embed_dim=64, hidden_size=32, num_layers=1, num_heads=2, ffn_size=64,
-                      max_positions=24, dropout=0.0)
-    return Denoiser(cfg).eval()
 
 
 def test_ddim_with_eta_one_takes_ddpm_posterior_mean_at_every_step():
@@ -85,19 +67,15 @@ def test_deterministic_solvers_follow_the_exact_trajectory_of_a_perfect_denoiser
         torch.testing.assert_close(z, on_path(step - 1))
 
 
-def record_states(denoiser, batch, solver, noising, full_mode, steps=10):
-    ids, mask = batch
-    states = {}
-    schedule = Schedule.named("sqrt", T).respaced(steps)
-    tokens = sample_tokens(denoiser, schedule, ids, mask, noising, full_mode, solver=solver,
-                           generator=torch.Generator().manual_seed(1),
-                           on_step=lambda t, z: states.__setitem__(t, z.clone()))
-    return schedule, states, denoiser.embed(ids), mask == 0, tokens
+def record(denoiser, batch, solver, noising, full_mode):
+    """The states of a 10-step solver run: (schedule, states, clean embedding, source mask, tokens)."""
+    schedule = Schedule.named("sqrt", T).respaced(10)
+    return schedule, *record_states(denoiser, batch, noising, full_mode, schedule, solver)
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_target_mode_keeps_the_clean_source_at_every_solver_step(batch, denoiser, solver):
-    _, states, emb, src, tokens = record_states(denoiser, batch, solver, "target", "conditional")
+    _, states, emb, src, tokens = record(denoiser, batch, solver, "target", "conditional")
     assert sorted(states) == list(range(10))
     for z in states.values():
         assert torch.equal(z[src], emb[src])
@@ -106,25 +84,23 @@ def test_target_mode_keeps_the_clean_source_at_every_solver_step(batch, denoiser
 
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_conditional_mode_puts_the_source_back_forward_diffused_to_each_solver_step(batch, denoiser, solver):
-    schedule, states, emb, src, _ = record_states(denoiser, batch, solver, "full", "conditional")
+    schedule, states, emb, src, _ = record(denoiser, batch, solver, "full", "conditional")
     for step, z in states.items():
-        a = schedule.alphas_cumprod[step].item()  # the respaced step's own abar
-        residual = (z[src] - a**0.5 * emb[src]) / (1 - a) ** 0.5
+        residual = source_residual(schedule, step, z, emb, src)  # at the respaced step's own abar
         assert abs(residual.mean().item()) < 0.15 and 0.85 < residual.std().item() < 1.15, step
 
 
 @pytest.mark.parametrize("solver", ["ddim", "dpm++2m"])
 def test_joint_mode_denoises_the_source_with_the_solver(batch, denoiser, solver):
-    schedule, states, emb, src, _ = record_states(denoiser, batch, solver, "full", "joint")
-    a = schedule.alphas_cumprod[1].item()
+    schedule, states, emb, src, _ = record(denoiser, batch, solver, "full", "joint")
     # an untrained denoiser's source is far from the forward-diffused clean one near the end
-    assert ((states[1][src] - a**0.5 * emb[src]) / (1 - a) ** 0.5).std() > 2
+    assert source_residual(schedule, 1, states[1], emb, src).std() > 2
 
 
 def test_deterministic_solvers_give_the_same_tokens_for_the_same_seed(batch, denoiser):
     for solver in ("ddim", "dpm++2m"):
-        first = record_states(denoiser, batch, solver, "target", "conditional")[-1]
-        assert torch.equal(first, record_states(denoiser, batch, solver, "target", "conditional")[-1])
+        first = record(denoiser, batch, solver, "target", "conditional")[-1]
+        assert torch.equal(first, record(denoiser, batch, solver, "target", "conditional")[-1])
 
 
 def test_sampler_refuses_an_unknown_solver(batch, denoiser):
