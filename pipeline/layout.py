@@ -78,13 +78,13 @@ class RunLayout:
         return self.dir / HEARTBEAT  # the trainer writes it into its output folder, the run folder
 
     def samples(self, step: int) -> Path:
-        return self.dir / "samples" / f"step_{step:07d}"
+        return self.dir / "samples" / step_dir_name(step)
 
     def sample_progress(self, step: int) -> Path:
         return self.samples(step) / "progress.json"
 
     def metrics(self, step: int) -> Path:
-        return self.dir / "metrics" / f"step_{step:07d}.json"
+        return self.dir / "metrics" / f"{step_dir_name(step)}.json"
 
     @property
     def results(self) -> Path:

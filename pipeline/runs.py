@@ -24,21 +24,15 @@ from .spec import REPO, freeze, load_frozen
 def submit(spec, root: Path, executor: str | None, wait: bool) -> int:
     """Check the spec's data and offline needs, write the run's inputs, start it."""
     from .jobs import Registry, run_lock
-    from .preflight import PreflightError, check_data
-    from .prefetch import PrefetchError, prefetch
+    from .preflight import check_data
+    from .prefetch import prefetch
     from .stages import write_run_inputs
 
-    try:  # the data the jobs will read, before anything is written or queued
-        check_data(spec)
-    except PreflightError as err:
-        raise UserError(str(err)) from None
+    check_data(spec)  # the data the jobs will read, before anything is written or queued
     executor = executor or spec.site.executor
     layout = RunLayout(root, spec.name)
     frozen = freeze(spec)
-    try:  # before anything is written: a spec that cannot run offline is refused whole
-        fetched = prefetch(spec, layout.root)
-    except PrefetchError as err:
-        raise UserError(str(err)) from None
+    fetched = prefetch(spec, layout.root)  # before anything is written: a spec that cannot run offline is refused whole
     if fetched:
         console.print("cached for offline jobs: " + ", ".join(fetched))
     layout.dir.mkdir(parents=True, exist_ok=True)

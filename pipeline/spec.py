@@ -114,7 +114,6 @@ class JobSpec:
 
 REPO = Path(__file__).resolve().parents[1]
 SITES_DIR = REPO / "env" / "sites"
-RUN_NAME = RUN_ID  # run names and site names follow the rule of run IDs
 DATA_PATH_KEYS = ("data.train", "data.valid", "data.test")
 EVAL_SPLITS = ("valid", "test")
 CLI_SET, CLI_SITE = "--set", "--site"  # the `file` of errors about command-line values
@@ -288,7 +287,7 @@ def _site_content(site: dict, origin: Origin, prefix: str) -> tuple[dict, Origin
 
 def _site_profile(name, file: str | None, line: int | None) -> tuple[dict, Origin]:
     """env/sites/NAME.yaml as spec data (see _site_content); `file`/`line`: where NAME was given."""
-    if not isinstance(name, str) or not RUN_NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not RUN_ID.match(name) or ".." in name:
         raise SpecError(f"expected the name of a site profile ({', '.join(site_names())}) or a mapping, got {name!r}",
                         file, line, "site")
     path = SITES_DIR / f"{name}.yaml"
@@ -485,7 +484,7 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
         value = _value(spec, key)
         check((optional and value is None) or value >= low, key, f"must be at least {low}, got {value!r}")
 
-    check(bool(RUN_NAME.match(spec.name)) and ".." not in spec.name, "name",
+    check(bool(RUN_ID.match(spec.name)) and ".." not in spec.name, "name",
           f"invalid run name {spec.name!r}: letters, digits, '.', '-', '_' (first a letter or digit); no '/' or '..'")
     check(spec.site.executor in EXECUTORS, "site.executor",
           f"must be one of {', '.join(EXECUTORS)}, got {spec.site.executor!r}")

@@ -104,7 +104,7 @@ def run_status(layout: RunLayout, report: dict) -> dict:
             if waiting_for:
                 state, reason = "waiting-for-input", "waits for " + ", ".join(waiting_for)
             else:
-                state, reason = "waiting-for-resources", scheduler.waiting_reason()
+                state, reason = "waiting-for-resources", scheduler.waiting_reason
         row = {"task": task.name, "stage": task.stage, "step": task.step, "state": state,
                "job": entry["job_id"] if entry else None, "job_state": job_state if state in ("running", "queued") else None,
                "starts": attempts(layout, task.name)}

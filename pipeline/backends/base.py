@@ -27,6 +27,25 @@ def setup_lines(site) -> list[str]:
     return [f"module load {m}" for m in site.modules] + list(site.setup)
 
 
+def job_parameters(res, name: str) -> dict:
+    """What a cluster job takes from the stage's resources, in submitit's shared parameters: one
+    task a node (ranks start inside the job), its cores, memory, time and GPUs."""
+    params = dict(name=name, timeout_min=res.time_min, nodes=res.nodes, tasks_per_node=1,
+                  cpus_per_task=res.cpus, mem_gb=res.mem_gb)
+    if res.gpus:
+        params["gpus_per_node"] = res.gpus
+    return params
+
+
+def query_watcher(watcher, job_ids: list[str]) -> dict[str, str]:
+    """One command (sacct / pjstat) for all the ids, through a private submitit watcher (the
+    shared one throttles its calls)."""
+    for jid in job_ids:
+        watcher.register_job(jid)
+    watcher.update()
+    return {jid: (watcher.get_state(jid, mode="cache") or "UNKNOWN").split()[0].upper() for jid in job_ids}
+
+
 class Backend:
     name = ""
     # Slurm queues a whole study at submit time; where jobs cannot wait for another job (PJM bulk
@@ -37,6 +56,8 @@ class Backend:
     drives_itself = False
     # said after a submit: how the run goes on
     after_submit = "follow it with: pipeline status {run}"
+    # why a task whose inputs are ready has no job yet
+    waiting_reason = "inputs ready; submitted at the next pass"
 
     def make_executor(self, folder: Path, site, res, name: str = ""):
         """The submitit executor for one stage's jobs, with the stage's resources."""
@@ -57,6 +78,3 @@ class Backend:
     def has_room(self, spec, task, busy_tasks: list) -> bool:
         """Whether `task` may start beside `busy_tasks` (the scheduler decides, except locally)."""
         return True
-
-    def waiting_reason(self) -> str:
-        return "inputs ready; submitted at the next pass"

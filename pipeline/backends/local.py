@@ -24,7 +24,7 @@ def process_alive(pid: int) -> bool:
 class Local(Backend):
     name = "local"
     drives_itself = True
-    after_submit = "follow it with: pipeline status {run}"
+    waiting_reason = "inputs ready; waits for free cores on this machine"
 
     def make_executor(self, folder, site, res, name=""):
         import submitit
@@ -51,9 +51,6 @@ class Local(Backend):
         used = sum(getattr(spec.resources, t.stage).cpus for t in busy_tasks)
         want = getattr(spec.resources, task.stage).cpus
         return not busy_tasks or used + want <= (os.cpu_count() or 1)
-
-    def waiting_reason(self):
-        return "inputs ready; waits for free cores on this machine"
 
 
 BACKEND = Local()

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import subprocess
 
-from .base import Backend, partition_of, setup_lines
-from .slurm import _watch
+from .base import Backend, job_parameters, partition_of, query_watcher, setup_lines
 
 
 class Pjm(Backend):
@@ -21,10 +20,7 @@ class Pjm(Backend):
         executor = submitit.AutoExecutor(folder=folder, cluster="pjm", pjm_python=site.python)
         # cpus and mem_gb are not rendered (PJM groups give cores and memory with the node or the
         # GPU share); PJM has no array throttle, so array_parallelism has nothing to set
-        params = dict(name=name, timeout_min=res.time_min, nodes=res.nodes, tasks_per_node=1,
-                      cpus_per_task=res.cpus, mem_gb=res.mem_gb, pjm_setup=setup_lines(site))
-        if res.gpus:
-            params["gpus_per_node"] = res.gpus
+        params = dict(job_parameters(res, name), pjm_setup=setup_lines(site))
         if site.account:
             params["pjm_group"] = site.account
         if partition_of(site, res):
@@ -35,7 +31,7 @@ class Pjm(Backend):
     def query(self, job_ids):
         from ..pjm import PjmInfoWatcher
 
-        return _watch(PjmInfoWatcher(delay_s=0), job_ids)
+        return query_watcher(PjmInfoWatcher(delay_s=0), job_ids)
 
     def cancel(self, job_ids):
         from ..pjm import pjm_job_id

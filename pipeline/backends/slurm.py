@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from .base import Backend, partition_of, setup_lines
+from .base import Backend, job_parameters, partition_of, query_watcher, setup_lines
 
 
 class Slurm(Backend):
@@ -17,11 +17,8 @@ class Slurm(Backend):
 
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_python=site.python)
         extra = {key: value for key, value in (("account", site.account), ("qos", site.qos)) if value}
-        params = dict(name=name, timeout_min=res.time_min, nodes=res.nodes, tasks_per_node=1,
-                      cpus_per_task=res.cpus, mem_gb=res.mem_gb, slurm_array_parallelism=res.array_parallelism,
+        params = dict(job_parameters(res, name), slurm_array_parallelism=res.array_parallelism,
                       slurm_setup=setup_lines(site), slurm_additional_parameters=extra)
-        if res.gpus:
-            params["gpus_per_node"] = res.gpus
         if partition_of(site, res):
             params["slurm_partition"] = partition_of(site, res)
         executor.update_parameters(**params)
@@ -37,19 +34,10 @@ class Slurm(Backend):
     def query(self, job_ids):
         from submitit.slurm.slurm import SlurmInfoWatcher
 
-        return _watch(SlurmInfoWatcher(delay_s=0), job_ids)
+        return query_watcher(SlurmInfoWatcher(delay_s=0), job_ids)
 
     def cancel(self, job_ids):
         subprocess.run(["scancel", *job_ids], check=False, capture_output=True)
-
-
-def _watch(watcher, job_ids: list[str]) -> dict[str, str]:
-    """One command (sacct / pjstat) for all the ids, through a private watcher (submitit's shared
-    one throttles its calls)."""
-    for jid in job_ids:
-        watcher.register_job(jid)
-    watcher.update()
-    return {jid: (watcher.get_state(jid, mode="cache") or "UNKNOWN").split()[0].upper() for jid in job_ids}
 
 
 BACKEND = Slurm()
