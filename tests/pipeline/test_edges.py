@@ -96,8 +96,11 @@ def test_ctrl_c_during_wait_stops_the_following_not_the_study(tmp_path):
     root = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
     args = ["submit", "jobs/demo_target.yaml", *SMALL, "--set", "train.steps=200", "--set", "train.save_every=100", "--wait"]
+    # Ctrl-C as at a terminal: a suite started in the background of a shell without job control
+    # (make test &) inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--root", str(root), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     heartbeat = root / "demo-target" / "heartbeat.json"
     deadline = time.monotonic() + 240
     while not heartbeat.is_file() and time.monotonic() < deadline:
