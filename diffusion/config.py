@@ -117,6 +117,11 @@ class SampleConfig:
     # is nearest in L2 to the embedding of least norm, whatever it points at: PAD once PAD's
     # embedding has shrunk (all outputs empty, DiffuSeq #50), or a rare, untrained token.
     rounding: Literal["l2", "logits"] = "l2"
+    # lowers PAD's score by this much (in logits) wherever a token is chosen: at each rounding and
+    # in the read-out. A blurry x0 at high noise often makes PAD the likeliest token of a position,
+    # and a PAD rounded in early stays: a hole inside the output (decoding drops it) or an early
+    # end. 0: DiffuSeq.
+    pad_penalty: float = 0.0
     seeds: tuple[int, ...] = (101,)  # one candidate per seed; MBR picks among them when > 1
     batch_size: int = 64
     full_mode: Literal["conditional", "joint"] = "conditional"  # how a full-noising model samples

@@ -53,7 +53,7 @@ def generate(denoiser, cfg, tokenizer, pairs: list[dict], seed: int, sample_cfg:
         with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext():
             tokens = sample_tokens(denoiser, schedule, ids, mask, cfg.diffusion.noising, sample_cfg.full_mode,
                                    sample_cfg.clamp_step, sample_cfg.rounding, sample_cfg.solver, sample_cfg.eta,
-                                   generator, cfg.diffusion.rescale_timesteps)
+                                   sample_cfg.pad_penalty, generator, cfg.diffusion.rescale_timesteps)
         for index, row_mask, row_tokens in zip(batch.tolist(), mask.cpu(), tokens.cpu()):
             hypotheses[index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])
         if progress:
@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eta", type=float, help="ddim: share of the posterior noise (0: deterministic)")
     parser.add_argument("--clamp-step", type=int)
     parser.add_argument("--rounding", choices=["l2", "logits"], help="round x0 to the nearest embedding or the logits' argmax")
+    parser.add_argument("--pad-penalty", type=float, help="lower PAD's score by this much (logits) when choosing tokens")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-examples", type=int)
     parser.add_argument("--full-mode", choices=["conditional", "joint"])
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": args.steps, "clamp_step": args.clamp_step, "batch_size": args.batch_size,
             "max_examples": args.max_examples, "full_mode": args.full_mode, "compile": args.compile,
             "weights": args.weights, "rounding": args.rounding, "solver": args.solver, "eta": args.eta,
+            "pad_penalty": args.pad_penalty,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         summary = run(args.checkpoint, args.split, args.out, overrides, args.cpu)

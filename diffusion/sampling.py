@@ -31,27 +31,33 @@ from typing import Callable
 import torch
 
 from .config import Solver
+from .data import PAD
 from .model import Denoiser
 from .objective import keep_source
 from .schedule import Schedule
 
 
 def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, chunk_elements: int = 1 << 26,
-                      fused: bool = True, bias: torch.Tensor | None = None) -> torch.Tensor:
+                      fused: bool = True, bias: torch.Tensor | None = None, pad_penalty: float = 0.0) -> torch.Tensor:
     """Token ids (...,) of the word embeddings nearest (L2) to z (..., D); with `bias` (the
-    decoder's), the argmax of the logits z.e_v + b_v instead.
+    decoder's), the argmax of the logits z.e_v + b_v instead. `pad_penalty` lowers PAD's score
+    by that much (in logits; for L2, |z - e_PAD|^2 counts 2 * pad_penalty more).
 
     argmin_v |z - e_v|^2 = argmax_v (2 z.e_v - |e_v|^2), and argmax_v (z.e_v + b_v) = argmax_v
     (2 z.e_v + 2 b_v): one score with a per-token offset. On CUDA (with `fused`) one Triton kernel
     scores bf16 x bf16 -> fp32 tiles and keeps the running argmax (kernels.py); elsewhere rows are
     processed in chunks so the (rows, V) score matrix never exceeds `chunk_elements`.
     """
+    offsets = embedding.detach().float().pow(2).sum(-1) if bias is None else -2 * bias.detach().float()  # (V,)
+    if pad_penalty:
+        offsets = offsets.clone()
+        offsets[PAD] += 2 * pad_penalty
     if fused and z.is_cuda and _fused_rounding_available(z.shape[-1]):
         from . import kernels
 
-        return kernels.nearest_embedding(z, embedding, offsets=None if bias is None else -2 * bias.float())
+        return kernels.nearest_embedding(z, embedding, offsets=offsets)
     flat = z.reshape(-1, z.shape[-1]).to(embedding.dtype)
-    sq_norms = embedding.pow(2).sum(-1) if bias is None else -2 * bias  # (V,)
+    sq_norms = offsets.to(embedding.dtype)
     rows = max(1, chunk_elements // embedding.shape[0])
     ids = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
     for start in range(0, flat.shape[0], rows):
@@ -119,6 +125,7 @@ def sample_tokens(
     rounding: str = "l2",
     solver: str = "ddpm",
     eta: float = 0.0,
+    pad_penalty: float = 0.0,
     generator: torch.Generator | None = None,
     rescale_timesteps: bool = True,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
@@ -153,7 +160,8 @@ def sample_tokens(
         if previous_z_0 is not None:
             previous_z_0 = predicted_z_0
         if int(schedule.timestep_map[step]) >= clamp_step:
-            predicted_z_0 = denoiser.embed(nearest_embedding(predicted_z_0, embedding, bias=bias)).float()
+            predicted_z_0 = denoiser.embed(nearest_embedding(predicted_z_0, embedding, bias=bias,
+                                                              pad_penalty=pad_penalty)).float()
         if solver == "ddpm":
             mean = schedule.posterior_mean(predicted_z_0, z, t)
             if step > 0:
@@ -168,4 +176,7 @@ def sample_tokens(
             z, last_z_0 = dpm_solver_2m_step(schedule, z, predicted_z_0, step, last_z_0), predicted_z_0
         if noising == "target":
             z = keep_source(z, emb, input_mask)
-    return denoiser.logits(z).argmax(-1)
+    logits = denoiser.logits(z)
+    if pad_penalty:
+        logits[..., PAD] -= pad_penalty
+    return logits.argmax(-1)

@@ -535,6 +535,7 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
     check(s.eta == 0 or s.solver == "ddim", "sample.eta", f"is read by the ddim solver only, not {s.solver!r}")
     check(s.solver == "ddpm" or (s.steps or spec.diffusion.steps) >= 2, "sample.steps", f"{s.solver} needs at least 2 steps")
     at_least("sample.batch_size", 1)
+    at_least("sample.pad_penalty", 0)
     check(s.use_ema, "sample.use_ema", "false is not supported: a checkpoint exports only its EMA weights for sampling "
           "(the raw ones stay in the DeepSpeed state)")
     at_least("sample.max_examples", 1, optional=True)

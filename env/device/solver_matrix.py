@@ -2,6 +2,7 @@
 
     python env/device/solver_matrix.py CHECKPOINT SPLIT [--pairs 2048] [--score 200]
                                 [--setting NAME:solver=S,steps=N,trim=0,pairs=P ...] [--mbr-seeds 10 --mbr-setting NAME]
+                                [--dump DIR]
 
 Each setting decodes the first --pairs pairs of SPLIT once (single sample, seed 101, the
 checkpoint's sample config with the setting's fields replaced; `trim=0` decodes every pair over
@@ -9,6 +10,7 @@ all seq_len positions; `pairs=P` only the first P), timed on the device alone (m
 its first --score outputs with DiffuSeq's metrics (BLEU against the source and the empty share
 too). --mbr-seeds K then times `diffusion.sample.run` with K seeds (decode every seed, then
 DiffuSeq's MBR) for the setting named by --mbr-setting, over the same pairs, end to end.
+--dump DIR writes each setting's scored rows ({src, ref, hyp}) to DIR/NAME.jsonl.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def main() -> int:
     parser.add_argument("--setting", action="append", help="NAME:field=value,... (default: the issue's five)")
     parser.add_argument("--mbr-seeds", type=int, default=0)
     parser.add_argument("--mbr-setting", default="dpm20")
+    parser.add_argument("--dump", type=Path, help="write each setting's scored rows to DIR/NAME.jsonl")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -81,6 +84,9 @@ def main() -> int:
         seconds = time.monotonic() - started
         scored = rows[: args.score]
         scores = scores_of(scored)
+        if args.dump:
+            args.dump.mkdir(parents=True, exist_ok=True)
+            (args.dump / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scored))
         print(json.dumps({"setting": name, **fields, "trim": trim, "pairs": len(some), "seconds": round(seconds, 2),
                           "sentences_per_s": round(len(some) / seconds, 1), "scored": len(scored), **scores,
                           "examples": [r["hyp"] for r in scored[:3]]}), flush=True)

@@ -186,6 +186,41 @@ def test_logits_rounding_is_the_argmax_of_the_decoder():
     assert (nearest_embedding(z * 0.01, embedding) == 42).all()
 
 
+def test_pad_penalty_lowers_pads_score_by_its_amount_and_nothing_else():
+    torch.manual_seed(0)
+    embedding, bias, z = torch.randn(300, 16), torch.randn(300), torch.randn(40, 16) * 0.3
+    bias[PAD] = 4.0  # PAD leads at some positions, by various margins
+    logits = z @ embedding.t() + bias
+    others = logits.clone()
+    others[:, PAD] = -math.inf
+    margin = logits[:, PAD] - others.max(-1).values  # how far PAD leads (or trails) at each position
+    for penalty in (0.0, float(margin.median()), float(margin.max()) + 0.01):
+        chosen = nearest_embedding(z, embedding, chunk_elements=300 * 4, bias=bias, pad_penalty=penalty)
+        assert torch.equal(chosen, torch.where(margin > penalty, PAD, others.argmax(-1)))
+    assert 0 < int((margin > 0).sum()) < len(margin)  # the cases above differ
+    # in L2 the penalty is a distance: |z - e_PAD|^2 counts 2 * penalty more
+    l2 = nearest_embedding(z, embedding, pad_penalty=3.0)
+    scores = 2 * z @ embedding.t() - embedding.pow(2).sum(-1)
+    scores[:, PAD] -= 6.0
+    assert torch.equal(l2, scores.argmax(-1))
+
+
+def test_pad_penalty_zero_samples_the_same_tokens_and_a_large_one_emits_no_pad():
+    denoiser = tiny_denoiser()
+    with torch.no_grad():
+        denoiser.lm_head.bias[PAD] += 50.0  # a decoder that calls every position PAD
+    ids, mask = batch()
+
+    def sample(**options):
+        return sample_tokens(denoiser, Schedule.named("sqrt", 10), ids, mask, rounding="logits",
+                             generator=torch.Generator().manual_seed(0), **options)
+
+    plain = sample()
+    assert (plain[mask == 1] == PAD).all()
+    assert torch.equal(sample(pad_penalty=0.0), plain)
+    assert not (sample(pad_penalty=1000.0)[mask == 1] == PAD).any()
+
+
 def test_sampler_refuses_an_unknown_rounding():
     ids, mask = batch()
     with pytest.raises(ValueError, match="rounding"):
@@ -312,6 +347,7 @@ def test_score_reports_the_share_of_empty_outputs():
     ("diffusion.anchor_loss", -0.5, "at least 0"),
     ("train.warmup_steps", -1, "at least 0"),
     ("sample.rounding", "nearest", "must be one of"),
+    ("sample.pad_penalty", -1, "at least 0"),
 ])
 def test_budget_keys_are_validated_with_named_errors(key, value, message):
     from pipeline.spec import SpecError, load_spec
@@ -330,6 +366,7 @@ def test_the_report_recipe_keeps_every_budget_key_at_its_default():
         assert spec.diffusion.anchor_loss == DiffusionConfig().anchor_loss == 0.0
         assert (spec.train.warmup_steps, spec.train.ema_warmup) == (TrainConfig().warmup_steps, False)
         assert spec.sample.rounding == SampleConfig().rounding == "l2"
+        assert spec.sample.pad_penalty == SampleConfig().pad_penalty == 0.0
         assert (spec.sample.solver, spec.sample.steps) == (SampleConfig().solver, None) == ("ddpm", None)
 
 
