@@ -17,7 +17,7 @@ one_mode() {
         --set resources.train.gpus=1 --set resources.sample.gpus=1 --set evaluate.bertscore_model=null
         --set sample.max_examples=${N:-200})
   for s in ${SET:-}; do sets+=(--set "$s"); done
-  local limit=$([ $mode = target ] && echo ${TARGET_S:-300} || echo ${FULL_S:-260})
+  local limit=$([ $mode = target ] && echo ${TARGET_S:-280} || echo ${FULL_S:-270})
   run "fast_$mode" $limit python3 -m pipeline.cli submit jobs/qqp_fast_$mode.yaml --executor local --wait "${sets[@]}"
   python3 -m pipeline.cli cancel qqp-fast-$mode > /dev/null 2>&1  # nothing left on the card if it ran out of time
   cp $PIPELINE_ROOT/qqp-fast-$mode/train_log.jsonl "$OUT/train_log_$mode.jsonl" 2>/dev/null
@@ -32,3 +32,5 @@ fi
 cat /tmp/samples_target.txt /tmp/samples_full.txt > "$OUT/samples.txt" 2>/dev/null
 python3 -m pipeline.cli results qqp-fast-target qqp-fast-full --out /tmp/results 2>&1 | tee "$OUT/table.txt"
 python3 env/device/quality_summary.py $PIPELINE_ROOT/qqp-fast-target $PIPELINE_ROOT/qqp-fast-full | tee -a "$OUT/table.txt"
+# every run's samples, metrics, logs and results in one file (the device tool returns few files)
+tar czf "$OUT/runs.tgz" -C $PIPELINE_ROOT --exclude=checkpoints --exclude=state --exclude=data . 2>/dev/null
