@@ -33,36 +33,52 @@ from .schedule import Schedule
 
 def generate(denoiser, cfg, tokenizer, pairs: list[dict], seed: int, sample_cfg: SampleConfig,
              device: torch.device, progress=None) -> list[dict]:
-    """One candidate per pair for one seed: [{"src", "ref", "hyp"}, ...] in the order of `pairs`.
+    """One candidate per pair for one seed: [{"src", "ref", "hyp"}, ...] in the order of `pairs`."""
+    return generate_seeds(denoiser, cfg, tokenizer, pairs, [seed], sample_cfg, device, progress)[0]
 
-    With trimmed sequences (data.trim) pairs are decoded in batches of one width (`width_batches`),
-    as in training; the reference is always the untrimmed target."""
+
+def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int], sample_cfg: SampleConfig,
+                   device: torch.device, progress=None) -> list[list[dict]]:
+    """One candidate per pair for each seed: a list of rows ({"src", "ref", "hyp"}, in the order of
+    `pairs`) per seed. `progress(decoded, total)` counts candidates over all seeds.
+
+    Pairs are decoded in batches of up to `batch_size` (with trimmed sequences, of one width: see
+    `width_batches`; the reference is always the untrimmed target). Where a batch is smaller than
+    that, as many seeds as fit are decoded together in it, each drawing its noise from its own
+    generator as it would alone: one launch-bound reverse step then serves several seeds, and each
+    seed's candidates are those it gets decoded by itself."""
     schedule = Schedule.named(cfg.diffusion.schedule, cfg.diffusion.steps)
     if sample_cfg.steps:
         schedule = schedule.respaced(sample_cfg.steps)
     input_ids, input_mask = encode_pairs(tokenizer, pairs, cfg.data.seq_len, target_budget(cfg.data))
     reference_ids, reference_mask = encode_pairs(tokenizer, pairs, cfg.data.seq_len) if cfg.data.trim else (input_ids, input_mask)
     widths = sequence_widths(input_mask, cfg.data)
-    generator = torch.Generator(device).manual_seed(seed)
+    generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
     autocast = device.type == "cuda" and sample_cfg.weights == "fp32"  # bf16 weights need none
-    hypotheses: dict[int, str] = {}
+    hypotheses: list[dict[int, str]] = [{} for _ in seeds]
+    decoded, total = 0, len(pairs) * len(seeds)
     for batch in width_batches(widths, cfg.data.seq_len, sample_cfg.batch_size):
         width = batch_width(widths[batch], cfg.data.seq_len)
         ids = input_ids[batch, :width].to(device)
         mask = input_mask[batch, :width].to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext():
-            tokens = sample_tokens(denoiser, schedule, ids, mask, cfg.diffusion.noising, sample_cfg.full_mode,
-                                   sample_cfg.clamp_step, sample_cfg.rounding, sample_cfg.solver, sample_cfg.eta,
-                                   sample_cfg.pad_penalty, generator, cfg.diffusion.rescale_timesteps)
-        for index, row_mask, row_tokens in zip(batch.tolist(), mask.cpu(), tokens.cpu()):
-            hypotheses[index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])
-        if progress:
-            progress(len(hypotheses), len(pairs))
-    rows = []
-    for index in range(len(pairs)):
-        source, reference = split_sequence(reference_ids[index], reference_mask[index])
-        rows.append({"src": decode(tokenizer, source), "ref": decode(tokenizer, reference), "hyp": hypotheses[index]})
-    return rows
+        together = max(1, sample_cfg.batch_size // len(batch))  # seeds that fit in one decode batch
+        for first in range(0, len(seeds), together):
+            group = range(first, min(first + together, len(seeds)))
+            with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext():
+                tokens = sample_tokens(denoiser, schedule, ids.repeat(len(group), 1), mask.repeat(len(group), 1),
+                                       cfg.diffusion.noising, sample_cfg.full_mode, sample_cfg.clamp_step,
+                                       sample_cfg.rounding, sample_cfg.solver, sample_cfg.eta, sample_cfg.pad_penalty,
+                                       [generators[i] for i in group], cfg.diffusion.rescale_timesteps)
+            for seed_index, seed_tokens in zip(group, tokens.cpu().split(len(batch))):
+                for index, row_mask, row_tokens in zip(batch.tolist(), mask.cpu(), seed_tokens):
+                    hypotheses[seed_index][index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])
+            decoded += len(batch) * len(group)
+            if progress:
+                progress(decoded, total)
+    references = [split_sequence(reference_ids[i], reference_mask[i]) for i in range(len(pairs))]
+    texts = [(decode(tokenizer, source), decode(tokenizer, reference)) for source, reference in references]
+    return [[{"src": src, "ref": ref, "hyp": per_seed[index]} for index, (src, ref) in enumerate(texts)]
+            for per_seed in hypotheses]
 
 
 def select_mbr(candidates_per_seed: list[list[dict]]) -> list[dict]:
@@ -97,14 +113,10 @@ def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None,
     pairs = load_pairs(split, sample_cfg.max_examples)
     out = Path(out)
     started = time.monotonic()
-    per_seed = []
-    total = len(pairs) * len(sample_cfg.seeds)
-    for index, seed in enumerate(sample_cfg.seeds):
-        seed_progress = (lambda done, _, before=index * len(pairs): progress(before + done, total)) if progress else None
-        rows = generate(denoiser, cfg, tokenizer, pairs, seed, sample_cfg, device, seed_progress)
-        if len(sample_cfg.seeds) > 1:
+    per_seed = generate_seeds(denoiser, cfg, tokenizer, pairs, list(sample_cfg.seeds), sample_cfg, device, progress)
+    if len(per_seed) > 1:
+        for seed, rows in zip(sample_cfg.seeds, per_seed):
             atomic.write_jsonl(out.with_name(f"{out.stem}.seed{seed}.jsonl"), rows)
-        per_seed.append(rows)
     final = select_mbr(per_seed) if len(per_seed) > 1 else per_seed[0]
     atomic.write_jsonl(out, final)
     seconds = time.monotonic() - started

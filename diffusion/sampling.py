@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import typing
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -126,24 +126,33 @@ def sample_tokens(
     solver: str = "ddpm",
     eta: float = 0.0,
     pad_penalty: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     rescale_timesteps: bool = True,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """(B, L) token ids sampled for a batch of encoded sequences; the target part is the output.
 
+    With a sequence of k generators the batch is k equal groups of rows, one after the other, and
+    group i draws all its noise from generator i, in the shapes and order one group alone would:
+    k seeds decoded in one batch give each seed's tokens as if it had been decoded by itself.
     `on_step(t, z_t)` is called with the state the denoiser sees at every step (for inspection).
     """
     if (noising not in ("target", "full") or full_mode not in ("conditional", "joint") or rounding not in ("l2", "logits")
             or solver not in SOLVERS):
         raise ValueError(f"unknown sampling mode noising={noising!r} full_mode={full_mode!r} rounding={rounding!r} "
                          f"solver={solver!r}")
+    if not (generator is None or isinstance(generator, torch.Generator)) and len(input_ids) % len(generator):
+        raise ValueError(f"{len(input_ids)} rows do not split into {len(generator)} equal groups, one a generator")
     emb = denoiser.embed(input_ids).float()  # (B, L, D), the clean embedding; the state z stays fp32
     embedding = denoiser.word_embedding.weight
     bias = denoiser.lm_head.bias if rounding == "logits" else None
 
     def randn_like(x):
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if generator is None or isinstance(generator, torch.Generator):
+            return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        groups = x.chunk(len(generator))
+        return torch.cat([torch.randn(g.shape, generator=gen, device=x.device, dtype=x.dtype)
+                          for g, gen in zip(groups, generator, strict=True)])
 
     z = randn_like(emb)
     previous_z_0 = torch.zeros_like(emb) if denoiser.cfg.self_condition else None

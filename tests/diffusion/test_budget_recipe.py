@@ -335,6 +335,33 @@ def test_trimmed_decoding_reads_untrimmed_references(tmp_path, corpus):
     assert max(len(tokenizer.encode(r, add_special_tokens=False).ids) for r in references) > 2
 
 
+@pytest.mark.parametrize("noising", ["target", "full"])
+def test_seeds_decoded_together_get_the_tokens_each_gets_alone(tmp_path, corpus, noising):
+    import dataclasses
+
+    from diffusion.checkpoint import load_exported
+    from diffusion.sample import generate, generate_seeds
+
+    run_module("diffusion.train", write_config(tmp_path / "c.yaml", budget_config(corpus["train"], steps=2, save_every=2)),
+               tmp_path / "run")
+    cfg, denoiser, tokenizer = load_exported(tmp_path / "run/checkpoints/step_0000002")
+    cfg = dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, noising=noising))
+    # DDPM draws fresh noise at every step (and full noising re-noises the source): every draw counts
+    sample_cfg = dataclasses.replace(cfg.sample, solver="ddpm", steps=8, batch_size=48)
+    pairs = [json.loads(line) for line in open(corpus["valid"])][:40]
+    rows_seen = []
+    forward = denoiser.forward
+    denoiser.forward = lambda z, *args: (rows_seen.append(len(z)), forward(z, *args))[1]
+    together = generate_seeds(denoiser, cfg, tokenizer, pairs, [101, 102, 103], sample_cfg, torch.device("cpu"))
+    calls_together, rows_together = len(rows_seen), sum(rows_seen)
+    rows_seen.clear()
+    alone = [generate(denoiser, cfg, tokenizer, pairs, seed, sample_cfg, torch.device("cpu")) for seed in (101, 102, 103)]
+    assert calls_together < len(rows_seen) and rows_together == sum(rows_seen)  # fewer, fuller batches
+    assert max(rows_seen) <= sample_cfg.batch_size
+    assert together == alone
+    assert together[0] != together[1]  # the seeds do differ
+
+
 # --- metrics, spec, the budget specs end to end ----------------------------------------------
 
 def test_score_reports_the_share_of_empty_outputs():
