@@ -72,6 +72,12 @@ class DiffusionConfig:
     # weight of the anchor loss: cross-entropy of lm_head(predicted z_0) against the tokens at the
     # noised positions (Difformer); 0 leaves DiffuSeq's loss, which only logs it
     anchor_loss: float = 0.0
+    # full noising only: the share of the target's noise variance (1 - abar_t) that the source
+    # positions get at each t, z_src = sqrt(1 - s (1 - abar_t)) z_0 + sqrt(s (1 - abar_t)) eps, in
+    # training and in conditional sampling. 1: the source as noisy as the target (the report's
+    # full noising); towards 0 the source stays nearly clean, as under target noising, while it is
+    # still reconstructed by the loss. Joint sampling needs 1 (it denoises both at one level).
+    source_noise: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,8 @@ def denoise_once(denoiser, schedule: Schedule, cfg, ids, mask, step: int, genera
 
     t = torch.full((ids.shape[0],), step, device=ids.device, dtype=torch.long)
     # the training objective's own noising, with the diagnosis's seeded noise
-    _, _, z_t = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising).noised(ids, mask, t, randn_like)
+    objective = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising, source_noise=cfg.diffusion.source_noise)
+    _, _, z_t = objective.noised(ids, mask, t, randn_like)
     model_t = schedule.model_timesteps(t, cfg.diffusion.rescale_timesteps)
     predicted = denoiser(z_t, model_t).float()
     if denoiser.cfg.self_condition:

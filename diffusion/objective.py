@@ -2,7 +2,8 @@
 
 `target` (DiffuSeq's partial noising): only the target part of the sequence is noised; source
 positions of z_t stay the clean z_0 and act as the condition. `full` (dual noising): source and
-target are both noised. In both, the loss covers every position:
+target are both noised (the source with `source_noise` of the target's noise variance: 1, the
+same level, unless the config says otherwise). In both, the loss covers every position:
 
     loss = mse(z_0, f(z_t, t))  (at t = 0 against the embedding itself)
          + decoder_nll          (cross-entropy of lm_head(z_0): keeps embeddings decodable)
@@ -46,7 +47,7 @@ class DiffusionObjective(nn.Module):
 
     def __init__(self, denoiser: Denoiser, schedule: Schedule, noising: str, rescale_timesteps: bool = True,
                  autocast_dtype: torch.dtype | None = None, compile: bool = False, anchor_loss: float = 0.0,
-                 dynamic_length: bool = False):
+                 dynamic_length: bool = False, source_noise: float = 1.0):
         super().__init__()
         if noising not in ("target", "full"):
             raise ValueError(f"unknown noising mode {noising!r}; choose target or full")
@@ -55,6 +56,7 @@ class DiffusionObjective(nn.Module):
         self.noising = noising
         self.rescale_timesteps = rescale_timesteps
         self.anchor_loss = anchor_loss
+        self.source_noise = source_noise  # full noising: the source's share of the target's noise variance
         self.dynamic_length = dynamic_length  # trimmed batches: one compiled graph for every width
         # autocast is entered here, inside the module: DeepSpeed's engine.forward turns off an
         # autocast entered around it unless its own torch_autocast option is set
@@ -71,9 +73,12 @@ class DiffusionObjective(nn.Module):
         emb = self.denoiser.embed(input_ids)
         zeros = torch.zeros_like(t)
         z_0 = emb + s.gather("sqrt_one_minus_alphas_cumprod", zeros, emb.ndim) * randn_like(emb)
-        z_t = s.q_sample(z_0, t, randn_like(z_0))
+        noise = randn_like(z_0)
+        z_t = s.q_sample(z_0, t, noise)
         if self.noising == "target":
             z_t = keep_source(z_t, z_0, input_mask)
+        elif self.source_noise != 1:
+            z_t = keep_source(z_t, s.q_sample_share(z_0, t, noise, self.source_noise), input_mask)
         return emb, z_0, z_t
 
     def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:

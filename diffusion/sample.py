@@ -68,7 +68,8 @@ def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int]
                 tokens = sample_tokens(denoiser, schedule, ids.repeat(len(group), 1), mask.repeat(len(group), 1),
                                        cfg.diffusion.noising, sample_cfg.full_mode, sample_cfg.clamp_step,
                                        sample_cfg.rounding, sample_cfg.solver, sample_cfg.eta, sample_cfg.pad_penalty,
-                                       [generators[i] for i in group], cfg.diffusion.rescale_timesteps)
+                                       cfg.diffusion.source_noise, [generators[i] for i in group],
+                                       cfg.diffusion.rescale_timesteps)
             for seed_index, seed_tokens in zip(group, tokens.cpu().split(len(batch))):
                 for index, row_mask, row_tokens in zip(batch.tolist(), mask.cpu(), seed_tokens):
                     hypotheses[seed_index][index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])

@@ -15,7 +15,8 @@ handled by mode:
 
 - target (DiffuSeq): the source stays the clean embedding at every step;
 - full, conditional: before each step the source is the clean embedding forward-diffused to
-  that step's noise level (fresh noise), while the target is denoised;
+  that step's noise level (fresh noise; with `source_noise` s < 1, to s of its variance), while
+  the target is denoised;
 - full, joint: source and target are denoised together from pure noise.
 
 The target is read out at the mask-1 positions as argmax of lm_head. A self-conditioned
@@ -126,6 +127,7 @@ def sample_tokens(
     solver: str = "ddpm",
     eta: float = 0.0,
     pad_penalty: float = 0.0,
+    source_noise: float = 1.0,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     rescale_timesteps: bool = True,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
@@ -141,6 +143,9 @@ def sample_tokens(
             or solver not in SOLVERS):
         raise ValueError(f"unknown sampling mode noising={noising!r} full_mode={full_mode!r} rounding={rounding!r} "
                          f"solver={solver!r}")
+    if source_noise != 1 and (noising, full_mode) == ("full", "joint"):
+        raise ValueError(f"joint sampling denoises source and target at one noise level; source_noise {source_noise} needs "
+                         f"conditional sampling")
     if not (generator is None or isinstance(generator, torch.Generator)) and len(input_ids) % len(generator):
         raise ValueError(f"{len(input_ids)} rows do not split into {len(generator)} equal groups, one a generator")
     emb = denoiser.embed(input_ids).float()  # (B, L, D), the clean embedding; the state z stays fp32
@@ -162,7 +167,7 @@ def sample_tokens(
     for step in reversed(range(schedule.num_steps)):
         t = torch.full((emb.shape[0],), step, device=emb.device, dtype=torch.long)
         if noising == "full" and full_mode == "conditional":
-            z = keep_source(z, schedule.q_sample(emb, t, randn_like(emb)), input_mask)
+            z = keep_source(z, schedule.q_sample_share(emb, t, randn_like(emb), source_noise), input_mask)
         if on_step is not None:
             on_step(step, z)
         predicted_z_0 = denoiser(z, schedule.model_timesteps(t, rescale_timesteps), previous_z_0).float()

@@ -91,6 +91,14 @@ class Schedule:
             "sqrt_one_minus_alphas_cumprod", t, z_0.ndim
         ) * noise
 
+    def q_sample_share(self, z_0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, share: float) -> torch.Tensor:
+        """z_0 forward-diffused with `share` of step t's noise variance: sqrt(1 - share (1 - abar_t)) z_0
+        + sqrt(share (1 - abar_t)) noise (share 1: q_sample, bit for bit)."""
+        if share == 1:
+            return self.q_sample(z_0, t, noise)
+        std = share**0.5 * self.gather("sqrt_one_minus_alphas_cumprod", t, z_0.ndim)
+        return (1 - std**2).sqrt() * z_0 + std * noise
+
     def posterior_mean(self, z_0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Mean of q(z_{t-1} | z_t, z_0)."""
         return self.gather("posterior_mean_coef1", t, z_t.ndim) * z_0 + self.gather("posterior_mean_coef2", t, z_t.ndim) * z_t

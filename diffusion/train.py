@@ -159,7 +159,8 @@ def build(cfg: Config, env, zero_overrides: dict | None = None) -> Training:
     n_parameters = count_parameters(denoiser)  # before ZeRO-3 partitions them
     objective = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising, cfg.diffusion.rescale_timesteps,
                                    torch.bfloat16 if uses_bf16(cfg, env.device) else None, uses_compile(cfg, env.device),
-                                   cfg.diffusion.anchor_loss, dynamic_length=cfg.data.trim)
+                                   cfg.diffusion.anchor_loss, dynamic_length=cfg.data.trim,
+                                   source_noise=cfg.diffusion.source_noise)
     optimizer = torch.optim.AdamW(
         objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
         fused=tc.fused_optimizer and env.device.type == "cuda",

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from diffusion.batches import POOL, BatchStream
 from diffusion.config import DataConfig, ModelConfig
@@ -375,12 +376,22 @@ def test_score_reports_the_share_of_empty_outputs():
     ("train.warmup_steps", -1, "at least 0"),
     ("sample.rounding", "nearest", "must be one of"),
     ("sample.pad_penalty", -1, "at least 0"),
+    ("diffusion.source_noise", 1.5, "must be in \\[0, 1\\]"),
+    ("diffusion.source_noise", 0.5, "read by full noising only"),
 ])
 def test_budget_keys_are_validated_with_named_errors(key, value, message):
     from pipeline.spec import SpecError, load_spec
 
     with pytest.raises(SpecError, match=f"{key}: .*{message}"):
         load_spec(REPO / "jobs/qqp_fast_target.yaml", [f"{key}={value}"])
+
+
+def test_source_noise_with_joint_sampling_is_refused_by_name():
+    from pipeline.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError, match="diffusion.source_noise: 0.5 needs sample.full_mode conditional"):
+        load_spec(REPO / "jobs/qqp_fast_full.yaml", ["diffusion.source_noise=0.5", "sample.full_mode=joint"])
+    assert load_spec(REPO / "jobs/qqp_fast_full.yaml", ["diffusion.source_noise=0.5"]).diffusion.source_noise == 0.5
 
 
 def test_the_report_recipe_keeps_every_budget_key_at_its_default():
@@ -394,6 +405,7 @@ def test_the_report_recipe_keeps_every_budget_key_at_its_default():
         assert (spec.train.warmup_steps, spec.train.ema_warmup) == (TrainConfig().warmup_steps, False)
         assert spec.sample.rounding == SampleConfig().rounding == "l2"
         assert spec.sample.pad_penalty == SampleConfig().pad_penalty == 0.0
+        assert spec.diffusion.source_noise == DiffusionConfig().source_noise == 1.0
         assert (spec.sample.solver, spec.sample.steps) == (SampleConfig().solver, None) == ("ddpm", None)
 
 
@@ -406,11 +418,12 @@ TINY = ["model.hidden_size=64", "model.num_layers=1", "model.num_heads=2", "mode
 
 @pytest.mark.slow
 @pytest.mark.skipif(not QQP_TRAIN.is_file(), reason="../shared/data/qqp is not beside the repo")
-@pytest.mark.parametrize("mode", ["target", "full"])
-def test_budget_spec_runs_end_to_end_on_the_cpu_with_tiny_overrides(tmp_path, mode):
+@pytest.mark.parametrize("mode, extra", [("target", []), ("full", []), ("full", ["diffusion.source_noise=0.1"])],
+                         ids=["target", "full", "full-source_noise"])
+def test_budget_spec_runs_end_to_end_on_the_cpu_with_tiny_overrides(tmp_path, mode, extra):
     train = qqp_slice(QQP_TRAIN, 2000, tmp_path / "train.jsonl")
     valid = qqp_slice(QQP_VALID, 40, tmp_path / "valid.jsonl")
-    sets = [a for s in TINY + [f"data.train={train}", f"data.valid={valid}"] for a in ("--set", s)]
+    sets = [a for s in TINY + extra + [f"data.train={train}", f"data.valid={valid}"] for a in ("--set", s)]
     env = {**os.environ, "PIPELINE_ROOT": str(tmp_path / "runs"), "OMP_NUM_THREADS": "2"}
     subprocess.run([sys.executable, "-m", "pipeline.cli", "submit", f"jobs/qqp_fast_{mode}.yaml", "--executor", "local",
                     "--wait", *sets], cwd=REPO, env=env, check=True, capture_output=True, timeout=900)
@@ -428,3 +441,5 @@ def test_budget_spec_runs_end_to_end_on_the_cpu_with_tiny_overrides(tmp_path, mo
     assert log[-1]["real_tokens_per_s"] > 0.5 * log[-1]["tokens_per_s"]
     table = (run / "results" / "table.md").read_text()
     assert "empty" in table and "Copy source" in table
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["diffusion"]["source_noise"] == (0.1 if extra else 1.0)  # what train, sample and evaluate read

@@ -1,5 +1,6 @@
 """Noising modes in training and sampling: what happens to the source positions."""
 
+import pytest
 import torch
 
 from diffusion.objective import DiffusionObjective
@@ -28,20 +29,45 @@ def test_full_mode_training_noises_the_source(batch, denoiser):
     assert set(terms) == {"loss", "mse", "nll", "tT", "mse_source", "mse_target"} and terms["loss"].shape == (4,)
 
 
-def record_states(denoiser, batch, noising, full_mode, schedule=None, solver="ddpm"):
+def test_source_noise_gives_the_source_its_share_of_the_targets_noise_variance(batch, denoiser):
+    ids, mask = batch
+    schedule = Schedule.named("sqrt", T)
+    t = torch.tensor([0, 5, 20, T - 1])
+    src, trg = mask == 0, mask == 1
+
+    def noised(share, noising="full"):
+        torch.manual_seed(3)
+        return DiffusionObjective(denoiser, schedule, noising, source_noise=share).noised(ids, mask, t)
+
+    _, z_0, full = noised(1.0)
+    _, _, shared = noised(0.25)
+    _, _, clean = noised(0.0)
+    _, _, target = noised(1.0, "target")
+    assert torch.equal(shared[trg], full[trg]) and torch.equal(clean[trg], full[trg])  # the target as before
+    abar = schedule.alphas_cumprod[t].float()[:, None, None]
+    noise = (full - abar.sqrt() * z_0) / (1 - abar).sqrt()  # the draw full noising made, recovered
+    variance = 0.25 * (1 - abar)
+    expected = (1 - variance).sqrt() * z_0 + variance.sqrt() * noise
+    torch.testing.assert_close(shared[src], expected.expand_as(shared)[src], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(clean[src], target[src])  # share 0: the clean source of target noising
+    assert torch.equal(Schedule.q_sample_share(schedule, z_0, t, noise, 1.0), schedule.q_sample(z_0, t, noise))
+
+
+def record_states(denoiser, batch, noising, full_mode, schedule=None, solver="ddpm", source_noise=1.0):
     """(the state the denoiser saw at every step, the clean embedding, the source mask, the tokens)."""
     ids, mask = batch
     states = {}
     tokens = sample_tokens(denoiser, schedule or Schedule.named("sqrt", T), ids, mask, noising, full_mode, solver=solver,
-                           generator=torch.Generator().manual_seed(1),
+                           source_noise=source_noise, generator=torch.Generator().manual_seed(1),
                            on_step=lambda t, z: states.__setitem__(t, z.clone()))
     return states, denoiser.embed(ids), mask == 0, tokens
 
 
-def source_residual(schedule, step, z, emb, src):
-    """(z - sqrt(abar) emb) / sqrt(1 - abar) on the source: N(0, 1) iff z is emb forward-diffused to step."""
-    a = schedule.alphas_cumprod[step].item()
-    return (z[src] - a**0.5 * emb[src]) / (1 - a) ** 0.5
+def source_residual(schedule, step, z, emb, src, share=1.0):
+    """(z - sqrt(1 - v) emb) / sqrt(v), v = share (1 - abar), on the source: N(0, 1) iff z is emb
+    forward-diffused with that variance."""
+    v = share * (1 - schedule.alphas_cumprod[step].item())
+    return (z[src] - (1 - v) ** 0.5 * emb[src]) / v**0.5
 
 
 def test_target_mode_sampling_never_changes_the_source(batch, denoiser):
@@ -61,6 +87,20 @@ def test_conditional_sampling_puts_the_forward_diffused_source_back_every_step(b
         if previous is not None:  # fresh noise at every step
             assert abs(torch.corrcoef(torch.stack([r.flatten(), previous.flatten()]))[0, 1]) < 0.2
         previous = r
+
+
+def test_conditional_sampling_with_source_noise_puts_the_source_back_at_its_share(batch, denoiser):
+    states, emb, src, _ = record_states(denoiser, batch, "full", "conditional", source_noise=0.2)
+    schedule = Schedule.named("sqrt", T)
+    for step in range(T):
+        r = source_residual(schedule, step, states[step], emb, src, share=0.2)
+        # N(0, 1) only at this share: at the full level the same residual has std about sqrt(1 / 0.2)
+        assert abs(r.mean().item()) < 0.15 and 0.85 < r.std().item() < 1.15, step
+
+
+def test_joint_sampling_refuses_a_source_noise_share(batch, denoiser):
+    with pytest.raises(ValueError, match="source_noise 0.5 needs conditional sampling"):
+        record_states(denoiser, batch, "full", "joint", source_noise=0.5)
 
 
 def test_joint_sampling_denoises_the_source_instead(batch, denoiser):
