@@ -4,7 +4,9 @@ CI, a workstation). A job id is the pid of its process; a background loop drives
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+from pathlib import Path
 
 from .base import Backend
 
@@ -32,8 +34,13 @@ class Local(Backend):
         executor = submitit.LocalExecutor(folder=folder, python=site.python)
         # Ctrl-C in the terminal of `pipeline submit --wait` reaches every process of its group:
         # the local jobs ignore it (inherited down to the trainer), so it stops the following,
-        # not the study, which the background loop then carries on
-        executor.update_parameters(timeout_min=res.time_min, gpus_per_node=res.gpus, setup=["trap '' INT"])
+        # not the study, which the background loop then carries on. submitit starts each job's
+        # controller with the submitting process's stdin, stdout and stderr: a job that outlives
+        # `pipeline submit --wait` would hold its terminal or pipe open (a caller reading the
+        # output would wait for the study to end), so the controllers get a log file instead.
+        log = shlex.quote(str(Path(folder) / "controllers.log"))
+        executor.update_parameters(timeout_min=res.time_min, gpus_per_node=res.gpus,
+                                   setup=["trap '' INT", f"exec </dev/null >>{log} 2>&1"])
         return executor
 
     def query(self, job_ids):

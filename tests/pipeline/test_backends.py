@@ -37,6 +37,33 @@ def test_local_jobs_are_live_while_their_process_is():
     assert is_live("PENDING") and is_live("UNKNOWN") and not is_live("COMPLETED") and not is_live("FINISHED")
 
 
+def test_a_local_job_holds_neither_the_submitters_terminal_nor_its_pipes(tmp_path):
+    """A job outliving `pipeline submit --wait` (Ctrl-C hands the run to a background loop) must
+    not keep the submitter's stdin/stdout/stderr open: whoever reads that output would wait for
+    the study to end. Its controller writes to a log in the run's submitit folder instead."""
+    import os
+    import sys
+    import time
+
+    local = backend("local")
+    executor = local.make_executor(tmp_path, SiteSpec(python=sys.executable), StageResources(cpus=1, time_min=5))
+    job = executor.submit(time.sleep, 60)
+    log = str(tmp_path / "controllers.log")
+
+    def streams(pid):
+        return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)]
+
+    try:
+        shell = int(job.job_id)  # the shell that runs the setup, then the controller
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (children := open(f"/proc/{shell}/task/{shell}/children").read().split()):
+            time.sleep(0.1)
+        assert children, "the job's controller never started"
+        assert streams(shell) == streams(int(children[0])) == ["/dev/null", log, log]
+    finally:
+        local.cancel([job.job_id])
+
+
 def samples(n):
     return [Task("sample", step) for step in range(n)]
 
