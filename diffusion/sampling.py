@@ -146,8 +146,11 @@ def sample_tokens(
     if source_noise != 1 and (noising, full_mode) == ("full", "joint"):
         raise ValueError(f"joint sampling denoises source and target at one noise level; source_noise {source_noise} needs "
                          f"conditional sampling")
-    if not (generator is None or isinstance(generator, torch.Generator)) and len(input_ids) % len(generator):
-        raise ValueError(f"{len(input_ids)} rows do not split into {len(generator)} equal groups, one a generator")
+    if not (generator is None or isinstance(generator, torch.Generator)):
+        if len(input_ids) % len(generator):
+            raise ValueError(f"{len(input_ids)} rows do not split into {len(generator)} equal groups, one a generator")
+        if len(generator) == 1:  # one seed: its draws as they are, without a copy per draw
+            generator = generator[0]
     emb = denoiser.embed(input_ids).float()  # (B, L, D), the clean embedding; the state z stays fp32
     embedding = denoiser.word_embedding.weight
     bias = denoiser.lm_head.bias if rounding == "logits" else None
