@@ -59,8 +59,8 @@ def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int]
     decoded, total = 0, len(pairs) * len(seeds)
     for batch in width_batches(widths, cfg.data.seq_len, sample_cfg.batch_size):
         width = batch_width(widths[batch], cfg.data.seq_len)
-        ids = input_ids[batch, :width].to(device)
-        mask = input_mask[batch, :width].to(device)
+        indices, row_masks = batch.tolist(), input_mask[batch, :width]
+        ids, mask = input_ids[batch, :width].to(device), row_masks.to(device)
         together = max(1, sample_cfg.batch_size // len(batch))  # seeds that fit in one decode batch
         for first in range(0, len(seeds), together):
             group = range(first, min(first + together, len(seeds)))
@@ -71,7 +71,7 @@ def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int]
                                        cfg.diffusion.source_noise, [generators[i] for i in group],
                                        cfg.diffusion.rescale_timesteps)
             for seed_index, seed_tokens in zip(group, tokens.cpu().split(len(batch))):
-                for index, row_mask, row_tokens in zip(batch.tolist(), mask.cpu(), seed_tokens):
+                for index, row_mask, row_tokens in zip(indices, row_masks, seed_tokens):
                     hypotheses[seed_index][index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])
             decoded += len(batch) * len(group)
             if progress:

@@ -536,12 +536,13 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
     check(s.solver == "ddpm" or (s.steps or spec.diffusion.steps) >= 2, "sample.steps", f"{s.solver} needs at least 2 steps")
     at_least("sample.batch_size", 1)
     at_least("sample.pad_penalty", 0)
-    noise = spec.diffusion
-    check(0 <= noise.source_noise <= 1, "diffusion.source_noise", f"must be in [0, 1], got {noise.source_noise}")
-    check(noise.source_noise == 1 or noise.noising == "full", "diffusion.source_noise",
-          f"is read by full noising only (diffusion.noising is {noise.noising!r})")
-    check(noise.source_noise == 1 or s.full_mode == "conditional", "diffusion.source_noise",
-          f"{noise.source_noise} needs sample.full_mode conditional: joint sampling denoises source and target at one level")
+    diffusion = spec.diffusion
+    check(0 <= diffusion.source_noise <= 1, "diffusion.source_noise", f"must be in [0, 1], got {diffusion.source_noise}")
+    check(diffusion.source_noise == 1 or diffusion.noising == "full", "diffusion.source_noise",
+          f"is read by full noising only (diffusion.noising is {diffusion.noising!r})")
+    check(diffusion.source_noise == 1 or s.full_mode == "conditional", "diffusion.source_noise",
+          f"{diffusion.source_noise} needs sample.full_mode conditional: joint sampling denoises source and target "
+          f"at one level")
     check(s.use_ema, "sample.use_ema", "false is not supported: a checkpoint exports only its EMA weights for sampling "
           "(the raw ones stay in the DeepSpeed state)")
     at_least("sample.max_examples", 1, optional=True)
