@@ -60,6 +60,11 @@ class ModelConfig:
     # self-conditioning: the denoiser also sees its previous estimate of z_0 (zeros when there is
     # none, and in half of the training examples), concatenated to z_t (SeqDiffuSeq, CDCD)
     self_condition: bool = False
+    # trimmed sequences (data.trim) only: each sequence attends to, and is scored at, the positions
+    # of its own width (source plus target budget) alone; a batch's padding past that width is
+    # masked out of attention and the loss and decodes as PAD, so a sequence's output does not
+    # depend on how wide its batch was cut. False: every position of the batch (DiffuSeq).
+    width_mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,12 @@ class SampleConfig:
     # argmax lm_head(x0), as the final read-out and the anchor loss choose. A blurry x0 (high noise)
     # is nearest in L2 to the embedding of least norm, whatever it points at: PAD once PAD's
     # embedding has shrunk (all outputs empty, DiffuSeq #50), or a rare, untrained token.
-    rounding: Literal["l2", "logits"] = "l2"
+    # `soft`: not a token at all but the decoder's expected embedding, sum_v softmax(lm_head(x0) /
+    # soft_temperature)_v e_v: a blurry x0 stays a blend of its likely tokens instead of committing
+    # to one (committed early, adjacent positions often take the same word), a sharp one lands on
+    # its token (CDCD's score interpolation, applied to DiffuSeq's x0 estimate)
+    rounding: Literal["l2", "logits", "soft"] = "l2"
+    soft_temperature: float = 1.0  # rounding soft only
     # lowers PAD's score by this much (in logits) wherever a token is chosen: at each rounding and
     # in the read-out. A blurry x0 at high noise often makes PAD the likeliest token of a position,
     # and a PAD rounded in early stays: a hole inside the output (decoding drops it) or an early

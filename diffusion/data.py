@@ -137,14 +137,21 @@ def target_budget(cfg) -> Callable[[int], int] | None:
 
 
 def sequence_widths(input_mask: torch.Tensor, cfg) -> torch.Tensor:
-    """(N,) width of each encoded sequence (N, seq_len): its source part plus its target budget,
-    capped at seq_len; seq_len for every sequence when `cfg.trim` is off. `cfg` is a DataConfig."""
-    seq_len = input_mask.shape[-1]
+    """(N,) width of each encoded sequence (N, L; L may be a batch's cut of seq_len): its source
+    part plus its target budget, capped at cfg.seq_len; seq_len for every sequence when `cfg.trim`
+    is off. `cfg` is a DataConfig. On the tensor's device, without a host sync: target_budget's
+    rule in float64, as Python computes it."""
     if not cfg.trim:
-        return torch.full(input_mask.shape[:-1], seq_len, dtype=torch.long)
+        return torch.full(input_mask.shape[:-1], cfg.seq_len, dtype=torch.long, device=input_mask.device)
     source_part = (input_mask == 0).sum(-1)  # [CLS] x [SEP] [SEP]: 3 + the source's tokens
-    budget = target_budget(cfg)
-    return torch.tensor([s + budget(s - 3) for s in source_part.tolist()], dtype=torch.long).clamp(max=seq_len)
+    budget = torch.ceil(cfg.target_ratio * (source_part - 3).double()).long() + cfg.target_margin
+    return (source_part + budget).clamp(max=cfg.seq_len)
+
+
+def within_width(input_mask: torch.Tensor, cfg) -> torch.Tensor:
+    """(N, L) bool: True at the positions inside each sequence's own width (`sequence_widths`)."""
+    positions = torch.arange(input_mask.shape[-1], device=input_mask.device)
+    return positions < sequence_widths(input_mask, cfg)[..., None]
 
 
 def batch_width(widths: torch.Tensor, seq_len: int, multiple: int = 8) -> int:

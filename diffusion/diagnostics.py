@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from .data import PAD, batch_width, encode_pairs, sequence_widths, target_budget, width_batches
+from .data import PAD, batch_width, encode_pairs, sequence_widths, target_budget, width_batches, within_width
 from .objective import DiffusionObjective
 from .sampling import nearest_embedding
 from .schedule import Schedule
@@ -67,9 +67,10 @@ def denoise_once(denoiser, schedule: Schedule, cfg, ids, mask, step: int, genera
     objective = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising, source_noise=cfg.diffusion.source_noise)
     _, _, z_t = objective.noised(ids, mask, t, randn_like)
     model_t = schedule.model_timesteps(t, cfg.diffusion.rescale_timesteps)
-    predicted = denoiser(z_t, model_t).float()
+    width = {"within_width": within_width(mask, cfg.data)} if cfg.model.width_mask else {}
+    predicted = denoiser(z_t, model_t, **width).float()
     if denoiser.cfg.self_condition:
-        predicted = denoiser(z_t, model_t, predicted).float()
+        predicted = denoiser(z_t, model_t, predicted, **width).float()
     return predicted
 
 

@@ -5,8 +5,10 @@
         12 post-LN encoder layers --down_proj--> predicted z_0 (B, L, 128)
     lm_head (tied to word_embedding, with bias) turns a z into token logits.
 
-Plain torch; attention is `F.scaled_dot_product_attention` with no mask (DiffuSeq attends
-over PAD positions too). Weights use torch's default init, as DiffuSeq's BertEncoder does.
+Plain torch; attention is `F.scaled_dot_product_attention`, with no mask by default (DiffuSeq
+attends over PAD positions too); with `model.width_mask` a key mask keeps each sequence's
+attention inside its own width, so the batch's padding past it changes nothing. Weights use
+torch's default init, as DiffuSeq's BertEncoder does.
 """
 
 from __future__ import annotations
@@ -55,11 +57,11 @@ class EncoderLayer(nn.Module):
             return self.ffn_out(inner.view(*h.shape[:-1], -1))
         return self.ffn_out(F.gelu(self.ffn_in(h)))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, length, hidden = h.shape
         q, k, v = self.qkv(h).view(batch, length, 3, self.num_heads, hidden // self.num_heads).permute(2, 0, 3, 1, 4)
         p = self.dropout if self.training else 0.0
-        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, heads, L, head_dim)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, heads, L, head_dim)
         attn = attn.transpose(1, 2).reshape(batch, length, hidden)
         h = self.attn_norm(h + F.dropout(self.attn_out(attn), p, self.training))
         return self.ffn_norm(h + F.dropout(self.feed_forward(h), p, self.training))
@@ -102,9 +104,12 @@ class Denoiser(nn.Module):
         """(B, L, embed_dim) -> (B, L, vocab) token logits."""
         return self.lm_head(z.to(self.lm_head.weight.dtype))
 
-    def forward(self, z_t: torch.Tensor, timesteps: torch.Tensor, previous_z_0: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z_t: torch.Tensor, timesteps: torch.Tensor, previous_z_0: torch.Tensor | None = None,
+                within_width: torch.Tensor | None = None) -> torch.Tensor:
         """Predict z_0 from z_t (B, L, embed_dim) at (rescaled) timesteps (B,); with self-conditioning,
-        `previous_z_0` is the last estimate (None: zeros, no estimate yet)."""
+        `previous_z_0` is the last estimate (None: zeros, no estimate yet). `within_width` (B, L),
+        True at the positions inside each sequence's own width: only those are attended to (None:
+        every position, DiffuSeq)."""
         length = z_t.shape[1]
         dtype = self.lm_head.weight.dtype  # float32; bfloat16 when sampling with bf16 weights
         time = self.time_embed(timestep_embedding(timesteps, self.cfg.time_embed_dim).to(dtype))  # (B, hidden)
@@ -115,8 +120,9 @@ class Denoiser(nn.Module):
             inputs = torch.cat([inputs, previous], dim=-1)
         h = self.up_proj(inputs) + positions[None] + time[:, None, :]
         h = F.dropout(self.input_norm(h), self.cfg.dropout, self.training)
+        attn_mask = None if within_width is None else within_width[:, None, None, :]  # (B, heads, queries, keys)
         for layer in self.layers:
-            h = layer(h)
+            h = layer(h, attn_mask)
         return self.down_proj(h).to(z_t.dtype)
 
 

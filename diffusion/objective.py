@@ -14,6 +14,10 @@ With self-conditioning, f also sees its own estimate of z_0 from a first pass wi
 in half of the examples (zeros in the others, as at the first reverse step). Besides the loss
 terms, forward() returns the mse split into source and target positions, for the logs: under
 full noising it shows where the capacity goes.
+
+With `within_width` (model.width_mask), a function of the input mask giving each sequence's
+own positions, the denoiser attends only to those and every term is a mean over them alone: the
+batch's padding past a sequence's width takes no part.
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ from .schedule import Schedule
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
     """Mean over every dimension but the batch: (B, ...) -> (B,)."""
     return x.float().mean(dim=tuple(range(1, x.ndim)))
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid positions (B, L) and any trailing dimensions of x (B, L, ...): (B,)."""
+    x = x.float()
+    weights = valid.float().view(*valid.shape, *([1] * (x.ndim - 2)))
+    per_position = x[0, 0].numel()
+    return (x * weights).sum(dim=tuple(range(1, x.ndim))) / (valid.float().sum(-1) * per_position).clamp_min(1)
 
 
 def keep_source(z_t: torch.Tensor, z_source: torch.Tensor, input_mask: torch.Tensor) -> torch.Tensor:
@@ -47,7 +59,7 @@ class DiffusionObjective(nn.Module):
 
     def __init__(self, denoiser: Denoiser, schedule: Schedule, noising: str, rescale_timesteps: bool = True,
                  autocast_dtype: torch.dtype | None = None, compile: bool = False, anchor_loss: float = 0.0,
-                 dynamic_length: bool = False, source_noise: float = 1.0):
+                 dynamic_length: bool = False, source_noise: float = 1.0, within_width=None):
         super().__init__()
         if noising not in ("target", "full"):
             raise ValueError(f"unknown noising mode {noising!r}; choose target or full")
@@ -58,6 +70,7 @@ class DiffusionObjective(nn.Module):
         self.anchor_loss = anchor_loss
         self.source_noise = source_noise  # full noising: the source's share of the target's noise variance
         self.dynamic_length = dynamic_length  # trimmed batches: one compiled graph for every width
+        self.within_width = within_width  # input_mask -> (B, L) bool of each sequence's own positions, or None
         # autocast is entered here, inside the module: DeepSpeed's engine.forward turns off an
         # autocast entered around it unless its own torch_autocast option is set
         self.autocast_dtype = autocast_dtype
@@ -99,24 +112,29 @@ class DiffusionObjective(nn.Module):
         s = self.schedule
         emb, z_0, z_t = self.noised(input_ids, input_mask, t)
         model_t = s.model_timesteps(t, self.rescale_timesteps)
+        valid = None if self.within_width is None else self.within_width(input_mask)
+        width = {} if valid is None else {"within_width": valid}
         if self.denoiser.cfg.self_condition:
             with torch.no_grad():
-                first_estimate = self.denoiser(z_t, model_t)
+                first_estimate = self.denoiser(z_t, model_t, **width)
             dropped = torch.rand(t.shape, device=t.device) < 0.5
             previous = torch.where(dropped[:, None, None], torch.zeros_like(first_estimate), first_estimate)
-            predicted_z_0 = self.denoiser(z_t, model_t, previous)
+            predicted_z_0 = self.denoiser(z_t, model_t, previous, **width)
         else:
-            predicted_z_0 = self.denoiser(z_t, model_t)
-        mse = torch.where(t == 0, mean_flat((emb - predicted_z_0) ** 2), mean_flat((z_0 - predicted_z_0) ** 2))
+            predicted_z_0 = self.denoiser(z_t, model_t, **width)
+        mean = mean_flat if valid is None else (lambda x: masked_mean(x, valid))
+        mse = torch.where(t == 0, mean((emb - predicted_z_0) ** 2), mean((z_0 - predicted_z_0) ** 2))
         last = torch.full_like(t, s.num_steps - 1)
-        t_T = mean_flat((s.gather("sqrt_alphas_cumprod", last, z_0.ndim) * z_0) ** 2)
+        t_T = mean((s.gather("sqrt_alphas_cumprod", last, z_0.ndim) * z_0) ** 2)
         logits = self.denoiser.logits(z_0)  # (B, L, V)
         # flattened to (B*L, V): cross-entropy over a strided class dim is several times slower
         nll = F.cross_entropy(logits.flatten(0, 1).float(), input_ids.flatten(), reduction="none")
-        nll = nll.view(input_ids.shape).mean(dim=-1)
+        nll = nll.view(input_ids.shape).mean(dim=-1) if valid is None else masked_mean(nll.view(input_ids.shape), valid)
         terms = {"loss": mse + nll + t_T, "mse": mse, "nll": nll, "tT": t_T}
+        inside = torch.ones_like(input_mask, dtype=torch.float32) if valid is None else valid.float()
         if self.anchor_loss > 0:
             noised = input_mask.float() if self.noising == "target" else torch.ones_like(input_mask, dtype=torch.float32)
+            noised = noised * inside
             anchor_logits = self.denoiser.logits(predicted_z_0).flatten(0, 1).float()
             anchor = F.cross_entropy(anchor_logits, input_ids.flatten(), reduction="none").view(input_ids.shape)
             terms["anchor"] = (anchor * noised).sum(-1) / noised.sum(-1).clamp_min(1)
@@ -125,6 +143,7 @@ class DiffusionObjective(nn.Module):
             reference = torch.where((t == 0)[:, None, None], emb, z_0)
             per_position = ((reference - predicted_z_0).float() ** 2).mean(-1)  # (B, L)
             source = 1.0 - input_mask.float()
+            target = input_mask * inside
             terms["mse_source"] = (per_position * source).sum(-1) / source.sum(-1).clamp_min(1)
-            terms["mse_target"] = (per_position * input_mask).sum(-1) / input_mask.sum(-1).clamp_min(1)
+            terms["mse_target"] = (per_position * target).sum(-1) / target.sum(-1).clamp_min(1)
         return terms

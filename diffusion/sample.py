@@ -25,9 +25,9 @@ from . import atomic
 from .checkpoint import CheckpointError, load_exported
 from .config import ConfigError, SampleConfig
 from .data import (DataError, batch_width, decode, width_batches, encode_pairs, load_pairs, sequence_widths, split_sequence,
-                   target_budget)
+                   target_budget, within_width)
 from .metrics import mbr_select
-from .sampling import SOLVERS, sample_tokens
+from .sampling import ROUNDINGS, SOLVERS, sample_tokens
 from .schedule import Schedule
 
 
@@ -64,12 +64,14 @@ def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int]
         together = max(1, sample_cfg.batch_size // len(batch))  # seeds that fit in one decode batch
         for first in range(0, len(seeds), together):
             group = range(first, min(first + together, len(seeds)))
+            inside = within_width(mask, cfg.data).repeat(len(group), 1) if cfg.model.width_mask else None
             with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext():
                 tokens = sample_tokens(denoiser, schedule, ids.repeat(len(group), 1), mask.repeat(len(group), 1),
                                        cfg.diffusion.noising, sample_cfg.full_mode, sample_cfg.clamp_step,
                                        sample_cfg.rounding, sample_cfg.solver, sample_cfg.eta, sample_cfg.pad_penalty,
                                        cfg.diffusion.source_noise, [generators[i] for i in group],
-                                       cfg.diffusion.rescale_timesteps)
+                                       cfg.diffusion.rescale_timesteps, within_width=inside,
+                                       soft_temperature=sample_cfg.soft_temperature)
             for seed_index, seed_tokens in zip(group, tokens.cpu().split(len(batch))):
                 for index, row_mask, row_tokens in zip(indices, row_masks, seed_tokens):
                     hypotheses[seed_index][index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])
@@ -135,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--solver", choices=SOLVERS)
     parser.add_argument("--eta", type=float, help="ddim: share of the posterior noise (0: deterministic)")
     parser.add_argument("--clamp-step", type=int)
-    parser.add_argument("--rounding", choices=["l2", "logits"], help="round x0 to the nearest embedding or the logits' argmax")
+    parser.add_argument("--rounding", choices=ROUNDINGS,
+                        help="round x0 to the nearest embedding, the logits' argmax, or the decoder's expected embedding")
+    parser.add_argument("--soft-temperature", type=float, help="rounding soft: the softmax's temperature")
     parser.add_argument("--pad-penalty", type=float, help="lower PAD's score by this much (logits) when choosing tokens")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-examples", type=int)
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": args.steps, "clamp_step": args.clamp_step, "batch_size": args.batch_size,
             "max_examples": args.max_examples, "full_mode": args.full_mode, "compile": args.compile,
             "weights": args.weights, "rounding": args.rounding, "solver": args.solver, "eta": args.eta,
-            "pad_penalty": args.pad_penalty,
+            "pad_penalty": args.pad_penalty, "soft_temperature": args.soft_temperature,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         summary = run(args.checkpoint, args.split, args.out, overrides, args.cpu)

@@ -2,7 +2,9 @@
 
 At each step t (from T-1 down to 0 over the schedule's steps, all T or a time-uniform subset) the
 denoiser predicts z_0; from t >= clamp_step on, that prediction is replaced by its nearest word
-embedding (L2, DiffuSeq's "clamping"); then the solver moves z_t to the next step:
+embedding (L2, DiffuSeq's "clamping"), by the embedding of the decoder's argmax (`logits`), or by
+the decoder's expected embedding (`soft`, softmax at `soft_temperature`); then the solver moves
+z_t to the next step:
 
 - ddpm (DiffuSeq): z_{t-1} ~ N(posterior_mean(z_0, z_t), fixed variance);
 - ddim: z_{t-1} = sqrt(abar') z_0 + sqrt(1 - abar' - sigma^2) eps + sigma noise, with
@@ -21,6 +23,11 @@ handled by mode:
 
 The target is read out at the mask-1 positions as argmax of lm_head. A self-conditioned
 denoiser gets its previous (unrounded) estimate of z_0 back at every step, zeros at the first.
+
+With `within_width` (a width-masked model, model.width_mask) each sequence is denoised inside its
+own width: the denoiser attends there alone, the positions past it read out as PAD, and every
+noise draw is made max_positions wide and cut to the batch, so a sequence's tokens are the same
+whether its batch is cut to its widest sequence (trimmed) or not.
 """
 
 from __future__ import annotations
@@ -67,7 +74,28 @@ def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, chunk_elements: 
     return ids.view(z.shape[:-1])
 
 
+def soft_embedding(z: torch.Tensor, embedding: torch.Tensor, bias: torch.Tensor, temperature: float = 1.0,
+                   pad_penalty: float = 0.0, chunk_elements: int = 1 << 26) -> torch.Tensor:
+    """(..., D) the mean word embedding under softmax(lm_head(z) / temperature): the decoder's
+    expectation of z's token instead of its argmax. A blurry z (high noise) stays a blend of its
+    likely tokens rather than committing to one; a sharp one lands on its token's embedding as
+    hard rounding would (temperature -> 0 is `nearest_embedding` with the bias)."""
+    weight = embedding.detach().to(z.dtype)
+    offsets = bias.detach().to(z.dtype)
+    if pad_penalty:
+        offsets = offsets.clone()
+        offsets[PAD] -= pad_penalty
+    flat = z.reshape(-1, z.shape[-1])
+    out = torch.empty_like(flat)
+    rows = max(1, chunk_elements // embedding.shape[0])
+    for start in range(0, flat.shape[0], rows):
+        logits = torch.addmm(offsets, flat[start : start + rows], weight.t())
+        out[start : start + rows] = torch.softmax(logits.float() / temperature, dim=-1).to(z.dtype) @ weight
+    return out.view(z.shape)
+
+
 SOLVERS = typing.get_args(Solver)
+ROUNDINGS = ("l2", "logits", "soft")
 
 
 def _abar(schedule: Schedule, step: int) -> float:
@@ -131,6 +159,8 @@ def sample_tokens(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     rescale_timesteps: bool = True,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    within_width: torch.Tensor | None = None,
+    soft_temperature: float = 1.0,
 ) -> torch.Tensor:
     """(B, L) token ids sampled for a batch of encoded sequences; the target part is the output.
 
@@ -139,7 +169,7 @@ def sample_tokens(
     k seeds decoded in one batch give each seed's tokens as if it had been decoded by itself.
     `on_step(t, z_t)` is called with the state the denoiser sees at every step (for inspection).
     """
-    if (noising not in ("target", "full") or full_mode not in ("conditional", "joint") or rounding not in ("l2", "logits")
+    if (noising not in ("target", "full") or full_mode not in ("conditional", "joint") or rounding not in ROUNDINGS
             or solver not in SOLVERS):
         raise ValueError(f"unknown sampling mode noising={noising!r} full_mode={full_mode!r} rounding={rounding!r} "
                          f"solver={solver!r}")
@@ -153,14 +183,19 @@ def sample_tokens(
             generator = generator[0]
     emb = denoiser.embed(input_ids).float()  # (B, L, D), the clean embedding; the state z stays fp32
     embedding = denoiser.word_embedding.weight
-    bias = denoiser.lm_head.bias if rounding == "logits" else None
+    bias = denoiser.lm_head.bias if rounding != "l2" else None
+
+    width = {} if within_width is None else {"within_width": within_width.to(emb.device)}
+    drawn_length = emb.shape[1] if within_width is None else denoiser.cfg.max_positions
+
+    def draw(rows: int, gen) -> torch.Tensor:
+        shape = (rows, drawn_length, *emb.shape[2:])
+        return torch.randn(shape, generator=gen, device=emb.device, dtype=emb.dtype)[:, : emb.shape[1]]
 
     def randn_like(x):
         if generator is None or isinstance(generator, torch.Generator):
-            return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        groups = x.chunk(len(generator))
-        return torch.cat([torch.randn(g.shape, generator=gen, device=x.device, dtype=x.dtype)
-                          for g, gen in zip(groups, generator, strict=True)])
+            return draw(x.shape[0], generator)
+        return torch.cat([draw(g.shape[0], gen) for g, gen in zip(x.chunk(len(generator)), generator, strict=True)])
 
     z = randn_like(emb)
     previous_z_0 = torch.zeros_like(emb) if denoiser.cfg.self_condition else None
@@ -173,10 +208,12 @@ def sample_tokens(
             z = keep_source(z, schedule.q_sample_share(emb, t, randn_like(emb), source_noise), input_mask)
         if on_step is not None:
             on_step(step, z)
-        predicted_z_0 = denoiser(z, schedule.model_timesteps(t, rescale_timesteps), previous_z_0).float()
+        predicted_z_0 = denoiser(z, schedule.model_timesteps(t, rescale_timesteps), previous_z_0, **width).float()
         if previous_z_0 is not None:
             previous_z_0 = predicted_z_0
-        if int(schedule.timestep_map[step]) >= clamp_step:
+        if int(schedule.timestep_map[step]) >= clamp_step and rounding == "soft":
+            predicted_z_0 = soft_embedding(predicted_z_0, embedding, bias, soft_temperature, pad_penalty)
+        elif int(schedule.timestep_map[step]) >= clamp_step:
             predicted_z_0 = denoiser.embed(nearest_embedding(predicted_z_0, embedding, bias=bias,
                                                               pad_penalty=pad_penalty)).float()
         if solver == "ddpm":
@@ -196,4 +233,5 @@ def sample_tokens(
     logits = denoiser.logits(z)
     if pad_penalty:
         logits[..., PAD] -= pad_penalty
-    return logits.argmax(-1)
+    tokens = logits.argmax(-1)
+    return tokens if within_width is None else tokens.masked_fill(~width["within_width"], PAD)

@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from . import atomic, checkpoint, distributed
 from .batches import BatchStream
 from .manifest import HEARTBEAT, checkpoint_steps
 from .config import Config, ConfigError, load_config, to_dict
-from .data import PAD, load_encoded, load_tokenizer, sequence_widths
+from .data import PAD, load_encoded, load_tokenizer, sequence_widths, within_width
 from .ema import EMA
 from .model import Denoiser, count_parameters
 from .objective import DiffusionObjective
@@ -160,7 +161,8 @@ def build(cfg: Config, env, zero_overrides: dict | None = None) -> Training:
     objective = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising, cfg.diffusion.rescale_timesteps,
                                    torch.bfloat16 if uses_bf16(cfg, env.device) else None, uses_compile(cfg, env.device),
                                    cfg.diffusion.anchor_loss, dynamic_length=cfg.data.trim,
-                                   source_noise=cfg.diffusion.source_noise)
+                                   source_noise=cfg.diffusion.source_noise,
+                                   within_width=partial(within_width, cfg=cfg.data) if cfg.model.width_mask else None)
     optimizer = torch.optim.AdamW(
         objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
         fused=tc.fused_optimizer and env.device.type == "cuda",

@@ -536,6 +536,9 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
     check(s.solver == "ddpm" or (s.steps or spec.diffusion.steps) >= 2, "sample.steps", f"{s.solver} needs at least 2 steps")
     at_least("sample.batch_size", 1)
     at_least("sample.pad_penalty", 0)
+    check(s.soft_temperature > 0, "sample.soft_temperature", f"must be positive, got {s.soft_temperature}")
+    check(s.soft_temperature == 1 or s.rounding == "soft", "sample.soft_temperature",
+          f"is read by rounding soft only (sample.rounding is {s.rounding!r})")
     diffusion = spec.diffusion
     check(0 <= diffusion.source_noise <= 1, "diffusion.source_noise", f"must be in [0, 1], got {diffusion.source_noise}")
     check(diffusion.source_noise == 1 or diffusion.noising == "full", "diffusion.source_noise",
@@ -543,6 +546,8 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
     check(diffusion.source_noise == 1 or s.full_mode == "conditional", "diffusion.source_noise",
           f"{diffusion.source_noise} needs sample.full_mode conditional: joint sampling denoises source and target "
           f"at one level")
+    check(not spec.model.width_mask or spec.data.trim, "model.width_mask",
+          "needs data.trim: untrimmed, every sequence is seq_len wide and there is no padding past it to mask")
     check(s.use_ema, "sample.use_ema", "false is not supported: a checkpoint exports only its EMA weights for sampling "
           "(the raw ones stay in the DeepSpeed state)")
     at_least("sample.max_examples", 1, optional=True)

@@ -23,7 +23,7 @@ from diffusion.ema import EMA
 from diffusion.metrics import score
 from diffusion.model import Denoiser
 from diffusion.objective import DiffusionObjective
-from diffusion.sampling import nearest_embedding, sample_tokens
+from diffusion.sampling import nearest_embedding, sample_tokens, soft_embedding
 from diffusion.schedule import Schedule
 from tests.conftest import QQP_TRAIN, QQP_VALID, REPO, qqp_slice
 from tests.helpers import read_log, run_module, tiny_config, write_config
@@ -44,7 +44,7 @@ def test_trimmed_sequence_keeps_the_source_and_cuts_the_target_to_its_budget():
     assert width.tolist() == [7 + 14]  # the target fits its width exactly
     # a target within its budget is untouched; untrimmed, every width is seq_len
     assert build_sequence([10, 11], [20, 21], 32, budget) == build_sequence([10, 11], [20, 21], 32)
-    assert sequence_widths(torch.tensor([mask]), DataConfig()).tolist() == [64]
+    assert sequence_widths(torch.tensor([mask]), DataConfig(seq_len=64)).tolist() == [64]
 
 
 def test_batch_width_rounds_up_to_eight_within_seq_len():
@@ -102,8 +102,8 @@ class Recorder:
         self.denoiser, self.calls = denoiser, []
         self.original = denoiser.forward
 
-        def forward(z_t, t, previous_z_0=None):
-            out = self.original(z_t, t, previous_z_0)
+        def forward(z_t, t, previous_z_0=None, **kw):
+            out = self.original(z_t, t, previous_z_0, **kw)
             self.calls.append((None if previous_z_0 is None else previous_z_0.clone(), out.detach().clone()))
             return out
         denoiser.forward = forward
@@ -220,6 +220,33 @@ def test_pad_penalty_zero_samples_the_same_tokens_and_a_large_one_emits_no_pad()
     assert (plain[mask == 1] == PAD).all()
     assert torch.equal(sample(pad_penalty=0.0), plain)
     assert not (sample(pad_penalty=1000.0)[mask == 1] == PAD).any()
+
+
+def test_soft_rounding_is_the_decoders_expected_embedding():
+    torch.manual_seed(0)
+    embedding, bias, z = torch.randn(300, 16), torch.randn(300), torch.randn(5, 7, 16) * 0.5
+    logits = z @ embedding.t() + bias
+    expected = torch.softmax(logits / 0.7, -1) @ embedding
+    assert torch.allclose(soft_embedding(z, embedding, bias, 0.7, chunk_elements=300 * 4), expected, atol=1e-5)
+    # cold, it is the embedding of the decoder's argmax; PAD's penalty lowers its logit
+    assert torch.allclose(soft_embedding(z, embedding, bias, 1e-4), embedding[logits.argmax(-1)], atol=1e-4)
+    penalised = logits.clone()
+    penalised[..., PAD] -= 2.0
+    assert torch.allclose(soft_embedding(z, embedding, bias, 1.0, pad_penalty=2.0),
+                          torch.softmax(penalised, -1) @ embedding, atol=1e-5)
+
+
+def test_cold_soft_rounding_samples_the_tokens_of_logits_rounding_and_warm_differs():
+    denoiser = tiny_denoiser()
+    ids, mask = batch()
+
+    def sample(**options):
+        return sample_tokens(denoiser, Schedule.named("sqrt", 10), ids, mask, solver="dpm++2m",
+                             generator=torch.Generator().manual_seed(0), **options)
+
+    hard = sample(rounding="logits")
+    assert torch.equal(sample(rounding="soft", soft_temperature=1e-4), hard)
+    assert not torch.equal(sample(rounding="soft", soft_temperature=3.0), hard)
 
 
 def test_sampler_refuses_an_unknown_rounding():
@@ -378,6 +405,8 @@ def test_score_reports_the_share_of_empty_outputs():
     ("sample.pad_penalty", -1, "at least 0"),
     ("diffusion.source_noise", 1.5, "must be in \\[0, 1\\]"),
     ("diffusion.source_noise", 0.5, "read by full noising only"),
+    ("sample.soft_temperature", 0, "must be positive"),
+    ("sample.soft_temperature", 0.5, "read by rounding soft only"),
 ])
 def test_budget_keys_are_validated_with_named_errors(key, value, message):
     from pipeline.spec import SpecError, load_spec
