@@ -6,8 +6,9 @@
 OUT=${OUT:-/tmp/$(basename "$0" .sh)}; mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 python3 -c "import pyarrow, sys; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)" 2>/dev/null || NEED_ARROW=1
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
-  $(ls .device/wheels/*.whl | grep -v ${NEED_ARROW:+NONE}pyarrow) 2>&1 | tail -2
+# once a machine: a second script in the same call finds them installed
+[ -f /tmp/site/.installed ] || { python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
+  $(ls .device/wheels/*.whl | grep -v ${NEED_ARROW:+NONE}pyarrow) 2>&1 | tail -2 && touch /tmp/site/.installed; }
 export PYTHONPATH=/tmp/site:$PWD
 NGPU=$(python3 -c "import torch; print(torch.cuda.device_count())")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"

@@ -7,7 +7,8 @@
 # empty outputs, the copy-the-source row), the checkpoint diagnostics, the training speed and the
 # first outputs. diffusion/QUALITY.md holds what it printed. Needs .device/wheels and .device/data
 # (carried; set-up: env/device/device_setup.sh). Extra `--set` values for both: SET="train.steps=100 ...".
-# PARALLEL=1 runs the two specs at once on the card (quicker; their logged speeds are then shared).
+# PARALLEL=1 runs the two specs at once on the card (quicker; their logged speeds are then shared);
+# MODES="target" runs one spec only.
 set -uo pipefail
 source env/device/device_setup.sh
 export PIPELINE_ROOT=/tmp/runs
@@ -24,13 +25,15 @@ one_mode() {
   for f in $PIPELINE_ROOT/qqp-fast-$mode/samples/step_*/samples.jsonl; do
     [ -f "$f" ] && { echo "== $f"; head -12 "$f"; } >> "/tmp/samples_$mode.txt"; done
 }
+MODES=${MODES:-target full}
 if [ "${PARALLEL:-0}" = 1 ]; then
-  one_mode target & one_mode full & wait
+  for mode in $MODES; do one_mode $mode & done; wait
 else
-  one_mode target; one_mode full
+  for mode in $MODES; do one_mode $mode; done
 fi
-cat /tmp/samples_target.txt /tmp/samples_full.txt > "$OUT/samples.txt" 2>/dev/null
-python3 -m pipeline.cli results qqp-fast-target qqp-fast-full --out /tmp/results 2>&1 | tee "$OUT/table.txt"
-python3 env/device/quality_summary.py $PIPELINE_ROOT/qqp-fast-target $PIPELINE_ROOT/qqp-fast-full | tee -a "$OUT/table.txt"
+RUNS=$(for mode in $MODES; do echo qqp-fast-$mode; done)
+for mode in $MODES; do cat /tmp/samples_$mode.txt; done > "$OUT/samples.txt" 2>/dev/null
+python3 -m pipeline.cli results $RUNS --out /tmp/results 2>&1 | tee "$OUT/table.txt"
+python3 env/device/quality_summary.py $(for r in $RUNS; do echo $PIPELINE_ROOT/$r; done) | tee -a "$OUT/table.txt"
 # every run's samples, metrics, logs and results in one file (the device tool returns few files)
 tar czf "$OUT/runs.tgz" -C $PIPELINE_ROOT --exclude=checkpoints --exclude=state --exclude=data . 2>/dev/null
