@@ -18,15 +18,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .config import ModelConfig
 
-# Attention with a key mask (model.width_mask) avoids cuDNN's kernel, the default on H100/H200:
-# with it, torch 2.11 trained a width-masked model whose source positions stayed unlearnt (mse 7x
-# the unmasked model's) and which decoded nothing but PAD (H200, 2026-12-02); the same model on the
-# CPU trained and decoded as the unmasked one. env/device/attention_check.py compares the backends.
-MASKED_ATTENTION_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -68,11 +62,7 @@ class EncoderLayer(nn.Module):
         batch, length, hidden = h.shape
         q, k, v = self.qkv(h).view(batch, length, 3, self.num_heads, hidden // self.num_heads).permute(2, 0, 3, 1, 4)
         p = self.dropout if self.training else 0.0
-        if attn_mask is None:
-            attn = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, heads, L, head_dim)
-        else:
-            with sdpa_kernel(MASKED_ATTENTION_BACKENDS):
-                attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, heads, L, head_dim)
         attn = attn.transpose(1, 2).reshape(batch, length, hidden)
         h = self.attn_norm(h + F.dropout(self.attn_out(attn), p, self.training))
         return self.ffn_norm(h + F.dropout(self.feed_forward(h), p, self.training))
