@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Issue 12 in one device call on one GPU, from the repo root: the budget recipe for both noising
-# modes (jobs/qqp_fast_target.yaml, jobs/qqp_fast_full.yaml) through `pipeline submit --executor
-# local --wait` as a user runs it, one after the other (the card to itself: the logged speeds are
-# the card's), each checkpoint sampled on the first N=200 pairs of QQP's valid split (single
-# sample, T = 2000), then the combined table (BLEU, ROUGE-L, Dist-1, len, BLEU against the source,
+# Issue 12 on one GPU, from the repo root: the budget recipe for both noising modes
+# (jobs/qqp_fast_target.yaml, jobs/qqp_fast_full.yaml) through `pipeline submit --executor local
+# --wait` as a user runs it, one after the other (the card to itself: the logged speeds are the
+# card's; at 7,000 steps each takes about 311 s, so both together outlast one 10-minute device
+# call), each checkpoint sampled on the first N=200 pairs of QQP's valid split (single sample,
+# the recipe's solver), then the combined table (BLEU, ROUGE-L, Dist-1, len, BLEU against the source,
 # empty outputs, the copy-the-source row), the checkpoint diagnostics, the training speed and the
 # first outputs. diffusion/QUALITY.md holds what it printed. Needs .device/wheels and .device/data
 # (carried; set-up: env/device/device_setup.sh). Extra `--set` values for both: SET="train.steps=100 ...".
