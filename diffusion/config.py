@@ -94,6 +94,9 @@ class TrainConfig:
     micro_batch_size: int = 512
     lr: float = 1e-4
     weight_decay: float = 0.0
+    # AdamW's second-moment decay (torch's default, DiffuSeq's). Lower (0.95, 0.98) forgets a
+    # gradient-norm history faster, a common remedy for the loss spikes of short high-rate runs
+    adam_beta2: float = 0.999
     lr_schedule: Literal["linear", "constant"] = "linear"
     warmup_steps: int = 0  # the rate rises linearly over these first steps (DiffuSeq: none)
     ema_rate: float = 0.9999

@@ -164,7 +164,7 @@ def build(cfg: Config, env, zero_overrides: dict | None = None) -> Training:
                                    source_noise=cfg.diffusion.source_noise,
                                    within_width=partial(within_width, cfg=cfg.data) if cfg.model.width_mask else None)
     optimizer = torch.optim.AdamW(
-        objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+        objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, tc.adam_beta2),
         fused=tc.fused_optimizer and env.device.type == "cuda",
     )
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(cfg))

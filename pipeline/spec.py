@@ -525,6 +525,7 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
     check(0 <= t.ema_rate <= 1, "train.ema_rate", f"must be in [0, 1], got {t.ema_rate}")
     check(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", f"must be 0, 1, 2 or 3, got {t.zero_stage}")
     at_least("train.weight_decay", 0)
+    check(0 < t.adam_beta2 < 1, "train.adam_beta2", f"must be in (0, 1), got {t.adam_beta2}")
     at_least("train.grad_clip", 0)
     at_least("train.warmup_steps", 0)
     check(t.time_limit_s is None or t.time_limit_s > 0, "train.time_limit_s", f"must be positive, got {t.time_limit_s}")

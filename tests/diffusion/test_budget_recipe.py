@@ -322,6 +322,16 @@ def test_with_every_new_key_at_its_default_training_is_bitwise_what_it_was(tmp_p
     assert 0 < log[-1]["real_tokens_per_s"] < log[-1]["tokens_per_s"]
 
 
+def test_adam_beta2_reaches_the_optimizer_and_nothing_before_it(tmp_path, corpus):
+    losses = {}
+    for beta2 in (0.999, 0.95):
+        cfg = write_config(tmp_path / f"c{beta2}.yaml", tiny_config(corpus["train"], steps=3, save_every=3, adam_beta2=beta2))
+        run_module("diffusion.train", cfg, tmp_path / f"run{beta2}")
+        losses[beta2] = [r["loss"] for r in read_log(tmp_path / f"run{beta2}")]
+    assert losses[0.999][0] == losses[0.95][0]  # the same first batch through the same initial weights
+    assert losses[0.999][1:] != losses[0.95][1:]  # then the updates differ
+
+
 def budget_config(train_path, **train):
     cfg = tiny_config(train_path, **train)
     cfg["data"]["trim"] = True
@@ -406,6 +416,7 @@ def test_score_reports_the_share_of_empty_outputs():
     ("diffusion.source_noise", 1.5, "must be in \\[0, 1\\]"),
     ("diffusion.source_noise", 0.5, "read by full noising only"),
     ("sample.soft_temperature", 0, "must be positive"),
+    ("train.adam_beta2", 1.0, "must be in \\(0, 1\\)"),
     ("sample.soft_temperature", 0.5, "read by rounding soft only"),
 ])
 def test_budget_keys_are_validated_with_named_errors(key, value, message):
