@@ -128,24 +128,28 @@ def build_sequence(src_ids: list[int], trg_ids: list[int], seq_len: int,
     return source + target + [PAD] * pad, [0] * len(source) + [1] * (len(target) + pad)
 
 
-def target_budget(cfg) -> Callable[[int], int] | None:
-    """Positions a trimmed sequence's target part gets for a source of n tokens (None: untrimmed).
-    `cfg` is a DataConfig."""
+def target_budget(cfg) -> Callable | None:
+    """Positions a trimmed sequence's target part gets for a source of n tokens (None: untrimmed):
+    ceil(target_ratio * n) + target_margin, for an int n or, element-wise and on its device, a
+    tensor of them (in float64, as Python computes it). `cfg` is a DataConfig."""
     if not cfg.trim:
         return None
-    return lambda n: math.ceil(cfg.target_ratio * n) + cfg.target_margin
+
+    def budget(n):
+        if isinstance(n, torch.Tensor):
+            return torch.ceil(cfg.target_ratio * n.double()).long() + cfg.target_margin
+        return math.ceil(cfg.target_ratio * n) + cfg.target_margin
+    return budget
 
 
 def sequence_widths(input_mask: torch.Tensor, cfg) -> torch.Tensor:
     """(N,) width of each encoded sequence (N, L; L may be a batch's cut of seq_len): its source
     part plus its target budget, capped at cfg.seq_len; seq_len for every sequence when `cfg.trim`
-    is off. `cfg` is a DataConfig. On the tensor's device, without a host sync: target_budget's
-    rule in float64, as Python computes it."""
+    is off. `cfg` is a DataConfig. On the tensor's device, without a host sync."""
     if not cfg.trim:
         return torch.full(input_mask.shape[:-1], cfg.seq_len, dtype=torch.long, device=input_mask.device)
     source_part = (input_mask == 0).sum(-1)  # [CLS] x [SEP] [SEP]: 3 + the source's tokens
-    budget = torch.ceil(cfg.target_ratio * (source_part - 3).double()).long() + cfg.target_margin
-    return (source_part + budget).clamp(max=cfg.seq_len)
+    return (source_part + target_budget(cfg)(source_part - 3)).clamp(max=cfg.seq_len)
 
 
 def within_width(input_mask: torch.Tensor, cfg) -> torch.Tensor:

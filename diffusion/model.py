@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from .config import ModelConfig
 
 
-
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps: (B,) -> (B, dim), [cos | sin]."""
     half = dim // 2

@@ -129,12 +129,12 @@ class DiffusionObjective(nn.Module):
         logits = self.denoiser.logits(z_0)  # (B, L, V)
         # flattened to (B*L, V): cross-entropy over a strided class dim is several times slower
         nll = F.cross_entropy(logits.flatten(0, 1).float(), input_ids.flatten(), reduction="none")
-        nll = nll.view(input_ids.shape).mean(dim=-1) if valid is None else masked_mean(nll.view(input_ids.shape), valid)
+        nll = mean(nll.view(input_ids.shape))
         terms = {"loss": mse + nll + t_T, "mse": mse, "nll": nll, "tT": t_T}
-        inside = torch.ones_like(input_mask, dtype=torch.float32) if valid is None else valid.float()
         if self.anchor_loss > 0:
             noised = input_mask.float() if self.noising == "target" else torch.ones_like(input_mask, dtype=torch.float32)
-            noised = noised * inside
+            if valid is not None:
+                noised = noised * valid
             anchor_logits = self.denoiser.logits(predicted_z_0).flatten(0, 1).float()
             anchor = F.cross_entropy(anchor_logits, input_ids.flatten(), reduction="none").view(input_ids.shape)
             terms["anchor"] = (anchor * noised).sum(-1) / noised.sum(-1).clamp_min(1)
@@ -143,7 +143,7 @@ class DiffusionObjective(nn.Module):
             reference = torch.where((t == 0)[:, None, None], emb, z_0)
             per_position = ((reference - predicted_z_0).float() ** 2).mean(-1)  # (B, L)
             source = 1.0 - input_mask.float()
-            target = input_mask * inside
+            target = input_mask if valid is None else input_mask * valid
             terms["mse_source"] = (per_position * source).sum(-1) / source.sum(-1).clamp_min(1)
             terms["mse_target"] = (per_position * target).sum(-1) / target.sum(-1).clamp_min(1)
         return terms

@@ -211,11 +211,11 @@ def sample_tokens(
         predicted_z_0 = denoiser(z, schedule.model_timesteps(t, rescale_timesteps), previous_z_0, **width).float()
         if previous_z_0 is not None:
             previous_z_0 = predicted_z_0
-        if int(schedule.timestep_map[step]) >= clamp_step and rounding == "soft":
-            predicted_z_0 = soft_embedding(predicted_z_0, embedding, bias, soft_temperature, pad_penalty)
-        elif int(schedule.timestep_map[step]) >= clamp_step:
-            predicted_z_0 = denoiser.embed(nearest_embedding(predicted_z_0, embedding, bias=bias,
-                                                              pad_penalty=pad_penalty)).float()
+        if int(schedule.timestep_map[step]) >= clamp_step:
+            predicted_z_0 = (soft_embedding(predicted_z_0, embedding, bias, soft_temperature, pad_penalty)
+                             if rounding == "soft" else
+                             denoiser.embed(nearest_embedding(predicted_z_0, embedding, bias=bias,
+                                                              pad_penalty=pad_penalty)).float())
         if solver == "ddpm":
             mean = schedule.posterior_mean(predicted_z_0, z, t)
             if step > 0:
