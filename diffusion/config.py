@@ -65,6 +65,10 @@ class ModelConfig:
     # masked out of attention and the loss and decodes as PAD, so a sequence's output does not
     # depend on how wide its batch was cut. False: every position of the batch (DiffuSeq).
     width_mask: bool = False
+    # where each layer's LayerNorm sits: "post" after the residual sum (BERT, DiffuSeq), "pre" on
+    # the branch's input with one more LayerNorm after the last layer (GPT-2, DiT): the residual
+    # stream is never normalised, which keeps high learning rates stable
+    norm: Literal["post", "pre"] = "post"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
     tokens --word_embedding--> z (B, L, 128)        the diffusion space
     z_t --up_proj--> (B, L, 768) + position + time embedding --LayerNorm, dropout-->
         12 post-LN encoder layers --down_proj--> predicted z_0 (B, L, 128)
+        (model.norm "pre": pre-LN layers and one LayerNorm after the last)
     lm_head (tied to word_embedding, with bias) turns a z into token logits.
 
 Plain torch; attention is `F.scaled_dot_product_attention`, with no mask by default (DiffuSeq
@@ -34,12 +35,14 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 class EncoderLayer(nn.Module):
-    """One BERT layer: self-attention and a GELU feed-forward, each followed by residual + LayerNorm."""
+    """One BERT layer: self-attention and a GELU feed-forward, each followed by residual + LayerNorm
+    (post-LN); with model.norm "pre", each LayerNorm normalises its branch's input instead."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.num_heads = cfg.num_heads
         self.dropout = cfg.dropout
+        self.pre_norm = cfg.norm == "pre"
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
         self.attn_out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.attn_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
@@ -57,13 +60,19 @@ class EncoderLayer(nn.Module):
             return self.ffn_out(inner.view(*h.shape[:-1], -1))
         return self.ffn_out(F.gelu(self.ffn_in(h)))
 
-    def forward(self, h: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        batch, length, hidden = h.shape
-        q, k, v = self.qkv(h).view(batch, length, 3, self.num_heads, hidden // self.num_heads).permute(2, 0, 3, 1, 4)
+    def attention(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        batch, length, hidden = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, hidden // self.num_heads).permute(2, 0, 3, 1, 4)
         p = self.dropout if self.training else 0.0
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, heads, L, head_dim)
-        attn = attn.transpose(1, 2).reshape(batch, length, hidden)
-        h = self.attn_norm(h + F.dropout(self.attn_out(attn), p, self.training))
+        return self.attn_out(attn.transpose(1, 2).reshape(batch, length, hidden))
+
+    def forward(self, h: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        p = self.dropout if self.training else 0.0
+        if self.pre_norm:
+            h = h + F.dropout(self.attention(self.attn_norm(h), attn_mask), p, self.training)
+            return h + F.dropout(self.feed_forward(self.ffn_norm(h)), p, self.training)
+        h = self.attn_norm(h + F.dropout(self.attention(h, attn_mask), p, self.training))
         return self.ffn_norm(h + F.dropout(self.feed_forward(h), p, self.training))
 
 
@@ -87,6 +96,8 @@ class Denoiser(nn.Module):
         self.position_embedding = nn.Embedding(cfg.max_positions, cfg.hidden_size)
         self.input_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
+        # pre-LN leaves the residual stream unnormalised: one LayerNorm before the read-out
+        self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12) if cfg.norm == "pre" else None
         self.down_proj = nn.Sequential(
             nn.Linear(cfg.hidden_size, cfg.hidden_size), nn.Tanh(), nn.Linear(cfg.hidden_size, cfg.embed_dim)
         )
@@ -123,6 +134,8 @@ class Denoiser(nn.Module):
         attn_mask = None if within_width is None else within_width[:, None, None, :]  # (B, heads, queries, keys)
         for layer in self.layers:
             h = layer(h, attn_mask)
+        if self.final_norm is not None:
+            h = self.final_norm(h)
         return self.down_proj(h).to(z_t.dtype)
 
 

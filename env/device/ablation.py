@@ -11,7 +11,7 @@ the valid split (`python -m diffusion.sample`, single sample), is scored with Di
 (BLEU against the source and the share of empty outputs too) and diagnosed
 (`python -m diffusion.diagnostics`). Up to K variants run at once on the one GPU: the budget is
 the same number of optimizer steps for each, so sharing the card changes their wall time, not
-their result (timings are then not the card's: `env/device/quality_check.sh` measures those alone).
+their result (timings are then not the card's: `env/quality_check.sh` measures those alone).
 
 Prints one JSON line per variant as it ends (also appended to OUT/ablation.jsonl) and a markdown
 table at the end, with the copy-the-source row. Used by the device calls of issue 12.

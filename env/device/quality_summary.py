@@ -1,4 +1,4 @@
-"""What `env/device/quality_check.sh` prints beside the results table, per run folder: the train stage's
+"""What `env/quality_check.sh` prints beside the results table, per run folder: the train stage's
 wall time (from the end of preprocess to the end of training, so compile, checkpoints and the
 executor's own delays are included), its speed (positions and real tokens a second, the mean of
 the logged windows after the first, which compiles), the last logged loss terms, and each

@@ -2,7 +2,7 @@
 # Issues 12 and 13, one device call on one GPU, from the repo root: (1) masked attention on this
 # card, each SDPA backend and the model's masked path against fp32 (env/device/attention_check.py;
 # ATTENTION=0 skips it); (2) the budget recipe through the pipeline for the noising modes in
-# MODES (default target; env/device/quality_check.sh); (3) the target recipe with model.width_mask
+# MODES (default target; env/quality_check.sh); (3) the target recipe with model.width_mask
 # at WM_STEPS steps (env/device/ablation.py: trained, sampled as the recipe samples, diagnosed),
 # after (2), or beside it with TOGETHER=1 (then both share the card: their step counts, not
 # their speeds, are what is compared). Prints the tables last; every log in $OUT/all.tgz.
@@ -20,7 +20,7 @@ width_mask() {
   cp /tmp/abl/wm$W/train_log.jsonl "$OUT/train_log_wm$W.jsonl" 2>/dev/null
   cp /tmp/abl/ablation.md "$OUT/ablation.md" 2>/dev/null
 }
-quality() { MODES=${MODES:-target} bash env/device/quality_check.sh > "$OUT/quality_check.log" 2>&1; }
+quality() { MODES=${MODES:-target} bash env/quality_check.sh > "$OUT/quality_check.log" 2>&1; }
 if [ "${TOGETHER:-0}" = 1 ]; then
   quality & width_mask; wait
 else

@@ -148,6 +148,28 @@ def test_a_denoiser_without_self_conditioning_is_unchanged():
     assert plain.up_proj[0].in_features == 16 and tiny_denoiser(self_condition=True).up_proj[0].in_features == 32
 
 
+def test_pre_norm_leaves_the_residual_stream_unnormalised_and_adds_one_final_norm():
+    post, pre = tiny_denoiser(), tiny_denoiser(norm="pre")
+    assert set(pre.state_dict()) - set(post.state_dict()) == {"final_norm.weight", "final_norm.bias"}
+    assert set(post.state_dict()) <= set(pre.state_dict())
+    h = 5 * torch.randn(3, 7, 32) + 2
+    for model in (post, pre):  # branches that add nothing: what is left is where the norms sit
+        layer = model.layers[0]
+        with torch.no_grad():
+            for linear in (layer.attn_out, layer.ffn_out):
+                linear.weight.zero_(), linear.bias.zero_()
+        out = layer(h)
+        if model is pre:
+            assert torch.equal(out, h)  # the residual stream passes through untouched
+        else:
+            torch.testing.assert_close(out, layer.ffn_norm(layer.attn_norm(h)))
+            assert out.std(-1, correction=0).mean().item() == pytest.approx(1.0, abs=1e-3)
+    ids, mask = batch()
+    z, t = post.embed(ids), torch.full((6,), 10.0)
+    pre.load_state_dict({**post.state_dict(), **{k: v for k, v in pre.state_dict().items() if k.startswith("final")}})
+    assert not torch.allclose(post(z, t), pre(z, t))  # the same weights compute another function
+
+
 def test_anchor_loss_adds_the_cross_entropy_of_the_estimate_on_the_noised_positions():
     denoiser = tiny_denoiser()
     ids, mask = batch()
@@ -337,6 +359,7 @@ def budget_config(train_path, **train):
     cfg["data"]["trim"] = True
     cfg["model"]["self_condition"] = True
     cfg["diffusion"]["anchor_loss"] = 1.0
+    cfg["model"]["norm"] = "pre"
     cfg["train"].update(ema_warmup=True, warmup_steps=4, grad_clip=1.0)
     return cfg
 
@@ -417,6 +440,7 @@ def test_score_reports_the_share_of_empty_outputs():
     ("diffusion.source_noise", 0.5, "read by full noising only"),
     ("sample.soft_temperature", 0, "must be positive"),
     ("train.adam_beta2", 1.0, "must be in \\(0, 1\\)"),
+    ("model.norm", "middle", "must be one of"),
     ("sample.soft_temperature", 0.5, "read by rounding soft only"),
 ])
 def test_budget_keys_are_validated_with_named_errors(key, value, message):
@@ -441,6 +465,7 @@ def test_the_report_recipe_keeps_every_budget_key_at_its_default():
     for name in ("qqp_target", "qqp_full"):
         spec = load_spec(REPO / f"jobs/{name}.yaml")
         assert not spec.data.trim and not spec.model.self_condition
+        assert spec.model.norm == ModelConfig().norm == "post"
         assert spec.diffusion.anchor_loss == DiffusionConfig().anchor_loss == 0.0
         assert (spec.train.warmup_steps, spec.train.ema_warmup) == (TrainConfig().warmup_steps, False)
         assert spec.sample.rounding == SampleConfig().rounding == "l2"

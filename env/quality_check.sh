@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# Issue 12 on one GPU, from the repo root: the budget recipe for both noising modes
-# (jobs/qqp_fast_target.yaml, jobs/qqp_fast_full.yaml) through `pipeline submit --executor local
-# --wait` as a user runs it, one after the other (the card to itself: the logged speeds are the
-# card's; at 7,000 steps each takes about 311 s, so both together outlast one 10-minute device
-# call), each checkpoint sampled on the first N=200 pairs of QQP's valid split (single sample,
-# the recipe's solver), then the combined table (BLEU, ROUGE-L, Dist-1, len, BLEU against the source,
-# empty outputs, the copy-the-source row), the checkpoint diagnostics, the training speed and the
-# first outputs. diffusion/QUALITY.md holds what it printed. Needs .device/wheels and .device/data
-# (carried; set-up: env/device/device_setup.sh). Extra `--set` values for both: SET="train.steps=100 ...".
-# PARALLEL=1 runs the two specs at once on the card (quicker; their logged speeds are then shared);
-# MODES="target" runs one spec only.
+# Issue 12 in one device call on one GPU, from the repo root: the budget recipe for both noising
+# modes (jobs/qqp_fast_target.yaml, jobs/qqp_fast_full.yaml) through `pipeline submit --executor
+# local --wait` as a user runs it, both at once on the card (one after the other they take about
+# 2 x 311 s, past a call's 10 minutes; side by side each one's logged speed is the shared card's,
+# not the card's: SEQUENTIAL=1, or MODES=target, times one alone), each checkpoint sampled on the
+# first N=200 pairs of QQP's valid split (single sample, the recipe's solver), then the combined
+# table (BLEU, ROUGE-L, Dist-1, len, BLEU against the source, empty outputs, the copy-the-source
+# row), the checkpoint diagnostics, the training speed and the first outputs. diffusion/QUALITY.md
+# holds what it printed. Needs .device/wheels and .device/data (carried; set-up:
+# env/device/device_setup.sh). Extra `--set` values for both: SET="train.steps=100 ...".
 set -uo pipefail
 source env/device/device_setup.sh
 export PIPELINE_ROOT=/tmp/runs
@@ -19,7 +18,7 @@ one_mode() {
         --set resources.train.gpus=1 --set resources.sample.gpus=1 --set evaluate.bertscore_model=null
         --set sample.max_examples=${N:-200})
   for s in ${SET:-}; do sets+=(--set "$s"); done
-  local limit=$([ $mode = target ] && echo ${TARGET_S:-280} || echo ${FULL_S:-270})
+  local limit=${LIMIT_S:-$([ "${SEQUENTIAL:-0}" = 1 ] && echo 280 || echo 540)}
   run "fast_$mode" $limit python3 -m pipeline.cli submit jobs/qqp_fast_$mode.yaml --executor local --wait "${sets[@]}"
   python3 -m pipeline.cli cancel qqp-fast-$mode > /dev/null 2>&1  # nothing left on the card if it ran out of time
   cp $PIPELINE_ROOT/qqp-fast-$mode/train_log.jsonl "$OUT/train_log_$mode.jsonl" 2>/dev/null
@@ -27,10 +26,10 @@ one_mode() {
     [ -f "$f" ] && { echo "== $f"; head -12 "$f"; } >> "/tmp/samples_$mode.txt"; done
 }
 MODES=${MODES:-target full}
-if [ "${PARALLEL:-0}" = 1 ]; then
-  for mode in $MODES; do one_mode $mode & done; wait
-else
+if [ "${SEQUENTIAL:-0}" = 1 ]; then
   for mode in $MODES; do one_mode $mode; done
+else
+  for mode in $MODES; do one_mode $mode & done; wait
 fi
 RUNS=$(for mode in $MODES; do echo qqp-fast-$mode; done)
 for mode in $MODES; do cat /tmp/samples_$mode.txt; done > "$OUT/samples.txt" 2>/dev/null
