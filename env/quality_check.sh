@@ -9,6 +9,9 @@
 # row), the checkpoint diagnostics, the training speed and the first outputs. diffusion/QUALITY.md
 # holds what it printed. Needs .device/wheels and .device/data (carried; set-up:
 # env/device/device_setup.sh). Extra `--set` values for both: SET="train.steps=100 ...".
+# Then each mode's last checkpoint is decoded again on the same pairs with each setting of DECODE
+# (env/device/solver_matrix.py: the recipe's own decoding first, then the decoding ablations:
+# more solver steps, DiffuSeq's L2 rounding, DDPM's 2,000 steps); DECODE= skips them.
 set -uo pipefail
 source env/device/device_setup.sh
 export PIPELINE_ROOT=/tmp/runs
@@ -35,5 +38,17 @@ RUNS=$(for mode in $MODES; do echo qqp-fast-$mode; done)
 for mode in $MODES; do cat /tmp/samples_$mode.txt; done > "$OUT/samples.txt" 2>/dev/null
 python3 -m pipeline.cli results $RUNS --out /tmp/results 2>&1 | tee "$OUT/table.txt"
 python3 env/device/quality_summary.py $(for r in $RUNS; do echo $PIPELINE_ROOT/$r; done) | tee -a "$OUT/table.txt"
+DECODE=${DECODE-"dpm200:steps=200 l2_rounding:rounding=l2 ddpm2000:solver=ddpm"}
+decode() {
+  local mode=$1 last; last=$(ls -d $PIPELINE_ROOT/qqp-fast-$mode/checkpoints/step_* 2>/dev/null | tail -1)
+  [ -n "$last" ] || return 0
+  local settings=(--setting recipe:); for s in $DECODE; do settings+=(--setting "$s"); done
+  run "decode_$mode" ${DECODE_S:-90} python3 env/device/solver_matrix.py "$last" .device/data/valid.jsonl \
+    --pairs ${N:-200} --score ${N:-200} "${settings[@]}" --table "$mode noising, $(basename $last), decoding"
+}
+if [ -n "$DECODE" ]; then
+  for mode in $MODES; do decode $mode & done; wait
+  for mode in $MODES; do sed -n '/^| /p' "$OUT/decode_$mode.log"; done | tee -a "$OUT/table.txt"
+fi
 # every run's samples, metrics, logs and results in one file (the device tool returns few files)
 tar czf "$OUT/runs.tgz" -C $PIPELINE_ROOT --exclude=checkpoints --exclude=state --exclude=data . 2>/dev/null

@@ -2,7 +2,7 @@
 
     python env/device/solver_matrix.py CHECKPOINT SPLIT [--pairs 2048] [--score 200]
                                 [--setting NAME:solver=S,steps=N,trim=0,pairs=P ...] [--mbr-seeds 10 --mbr-setting NAME]
-                                [--dump DIR]
+                                [--dump DIR] [--table TITLE]
 
 Each setting decodes the first --pairs pairs of SPLIT once (single sample, seed 101, the
 checkpoint's sample config with the setting's fields replaced; `trim=0` decodes every pair over
@@ -52,6 +52,13 @@ def scores_of(rows: list[dict]) -> dict:
                          bertscore_model=None)
 
 
+def markdown(title: str, results: list[dict]) -> str:
+    lines = [f"| {title} | sent/s | BLEU | ROUGE-L | Dist-1 | len | copy BLEU | empty |", "| --- |" + " ---: |" * 7]
+    lines += [f"| {r['setting']} | {r['sentences_per_s']:.0f} | {r['bleu']:.4f} | {r['rouge_l']:.4f} | {r['dist1']:.4f} "
+              f"| {r['len']:.2f} | {r['self_bleu_src']:.4f} | {r['empty']:.3f} |" for r in results]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
@@ -62,6 +69,7 @@ def main() -> int:
     parser.add_argument("--mbr-seeds", type=int, default=0)
     parser.add_argument("--mbr-setting", default="dpm20")
     parser.add_argument("--dump", type=Path, help="write each setting's scored rows to DIR/NAME.jsonl")
+    parser.add_argument("--table", metavar="TITLE", help="end with a markdown table of the settings under TITLE")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,6 +79,7 @@ def main() -> int:
     settings = [parse_setting(s) for s in (args.setting or DEFAULT_SETTINGS)]
     generate(denoiser, cfg, tokenizer, pairs[:16], 0, dataclasses.replace(cfg.sample, steps=5), device)  # warm-up
 
+    results = []
     for name, fields, trim, only in settings:
         some = pairs[:only] if only else pairs
         sample_cfg = dataclasses.replace(cfg.sample, **fields)
@@ -87,10 +96,13 @@ def main() -> int:
         if args.dump:
             args.dump.mkdir(parents=True, exist_ok=True)
             (args.dump / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scored))
-        print(json.dumps({"setting": name, **fields, "trim": trim, "pairs": len(some), "seconds": round(seconds, 2),
-                          "sentences_per_s": round(len(some) / seconds, 1), "scored": len(scored), **scores,
-                          "examples": [r["hyp"] for r in scored[:3]]}), flush=True)
+        results.append({"setting": name, **fields, "trim": trim, "pairs": len(some), "seconds": round(seconds, 2),
+                        "sentences_per_s": round(len(some) / seconds, 1), "scored": len(scored), **scores,
+                        "examples": [r["hyp"] for r in scored[:3]]})
+        print(json.dumps(results[-1]), flush=True)
 
+    if args.table:
+        print(markdown(args.table, results), flush=True)
     if args.mbr_seeds:
         name, fields, _, _ = next(s for s in settings if s[0] == args.mbr_setting)
         seeds = tuple(101 + i for i in range(args.mbr_seeds))
