@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Issue 12 in one device call on one GPU, from the repo root: the budget recipe for both noising
 # modes (jobs/qqp_fast_target.yaml, jobs/qqp_fast_full.yaml) through `pipeline submit --executor
-# local --wait` as a user runs it, both at once on the card (one after the other they take about
-# 2 x 311 s, past a call's 10 minutes; side by side each one's logged speed is the shared card's,
-# not the card's: SEQUENTIAL=1, or MODES=target, times one alone), each checkpoint sampled on the
+# local --wait` as a user runs it, both at once on the card (about 520 s for the call; side by side
+# each one's logged speed is the shared card's, not the card's: MODES=target, or SEQUENTIAL=1 with
+# about 240 s a spec, times one alone), each checkpoint sampled on the
 # first N=200 pairs of QQP's valid split (single sample, the recipe's solver), then the combined
 # table (BLEU, ROUGE-L, Dist-1, len, BLEU against the source, empty outputs, the copy-the-source
 # row), the checkpoint diagnostics, the training speed and the first outputs. diffusion/QUALITY.md
