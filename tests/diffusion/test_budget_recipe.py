@@ -483,16 +483,16 @@ TINY = ["model.hidden_size=64", "model.num_layers=1", "model.num_heads=2", "mode
 
 @pytest.mark.slow
 @pytest.mark.skipif(not QQP_TRAIN.is_file(), reason="../shared/data/qqp is not beside the repo")
-@pytest.mark.parametrize("mode, extra", [("target", []), ("full", []), ("full", ["diffusion.source_noise=0.1"])],
-                         ids=["target", "full", "full-source_noise"])
-def test_budget_spec_runs_end_to_end_on_the_cpu_with_tiny_overrides(tmp_path, mode, extra):
+@pytest.mark.parametrize("spec, mode, source_noise", [("target", "target", 1.0), ("full", "full", 1.0),
+                                                     ("full_quiet", "full", 0.1)], ids=["target", "full", "full_quiet"])
+def test_budget_spec_runs_end_to_end_on_the_cpu_with_tiny_overrides(tmp_path, spec, mode, source_noise):
     train = qqp_slice(QQP_TRAIN, 2000, tmp_path / "train.jsonl")
     valid = qqp_slice(QQP_VALID, 40, tmp_path / "valid.jsonl")
-    sets = [a for s in TINY + extra + [f"data.train={train}", f"data.valid={valid}"] for a in ("--set", s)]
+    sets = [a for s in TINY + [f"data.train={train}", f"data.valid={valid}"] for a in ("--set", s)]
     env = {**os.environ, "PIPELINE_ROOT": str(tmp_path / "runs"), "OMP_NUM_THREADS": "2"}
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "submit", f"jobs/qqp_fast_{mode}.yaml", "--executor", "local",
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "submit", f"jobs/qqp_fast_{spec}.yaml", "--executor", "local",
                     "--wait", *sets], cwd=REPO, env=env, check=True, capture_output=True, timeout=900)
-    run = tmp_path / "runs" / f"qqp-fast-{mode}"
+    run = tmp_path / "runs" / f"qqp-fast-{spec.replace('_', '-')}"
     metrics = [json.loads(p.read_text()) for p in sorted((run / "metrics").glob("step_*.json"))]
     assert [m["step"] for m in metrics] == [10, 20] and metrics[0]["noising"] == mode
     progress = json.loads((run / "samples/step_0000020/progress.json").read_text())  # what status estimates from
@@ -507,4 +507,4 @@ def test_budget_spec_runs_end_to_end_on_the_cpu_with_tiny_overrides(tmp_path, mo
     table = (run / "results" / "table.md").read_text()
     assert "empty" in table and "Copy source" in table
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["diffusion"]["source_noise"] == (0.1 if extra else 1.0)  # what train, sample and evaluate read
+    assert config["diffusion"]["source_noise"] == source_noise  # what train, sample and evaluate read
