@@ -38,16 +38,9 @@ RUNS=$(for mode in $MODES; do echo qqp-fast-$mode; done)
 for mode in $MODES; do cat /tmp/samples_$mode.txt; done > "$OUT/samples.txt" 2>/dev/null
 python3 -m pipeline.cli results $RUNS --out /tmp/results 2>&1 | tee "$OUT/table.txt"
 python3 env/device/quality_summary.py $(for r in $RUNS; do echo $PIPELINE_ROOT/$r; done) | tee -a "$OUT/table.txt"
-DECODE=${DECODE-"dpm200:steps=200 l2_rounding:rounding=l2 ddpm2000:solver=ddpm"}
-decode() {
-  local mode=$1 last; last=$(ls -d $PIPELINE_ROOT/qqp-fast-$mode/checkpoints/step_* 2>/dev/null | tail -1)
-  [ -n "$last" ] || return 0
-  local settings=(--setting recipe:); for s in $DECODE; do settings+=(--setting "$s"); done
-  run "decode_$mode" ${DECODE_S:-90} python3 env/device/solver_matrix.py "$last" .device/data/valid.jsonl \
-    --pairs ${N:-200} --score ${N:-200} "${settings[@]}" --table "$mode noising, $(basename $last), decoding"
-}
 if [ -n "$DECODE" ]; then
-  for mode in $MODES; do decode $mode & done; wait
+  for mode in $MODES; do
+    decode_last $mode "$mode noising" ${DECODE_S:-90} $PIPELINE_ROOT/qqp-fast-$mode/checkpoints & done; wait
   for mode in $MODES; do sed -n '/^| /p' "$OUT/decode_$mode.log"; done | tee -a "$OUT/table.txt"
 fi
 # every run's samples, metrics, logs and results in one file (the device tool returns few files)

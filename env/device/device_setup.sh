@@ -15,3 +15,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 [ -f .device/data/train.jsonl ] || xz -dk .device/data/train.jsonl.xz
 run() { local name=$1 limit=$2; shift 2; echo "== $name"; ( time timeout "$limit" "$@" ) > "$OUT/$name.log" 2>&1
         grep -h '^{"' "$OUT/$name.log" | sed "s/^{/{\"run\": \"$name\", /" >> "$OUT/results.jsonl" || true; tail -3 "$OUT/$name.log"; }
+# the decoding ablations a last checkpoint is decoded again with (env/device/solver_matrix.py settings)
+DECODE=${DECODE-"dpm200:steps=200 l2_rounding:rounding=l2 ddpm2000:solver=ddpm"}
+#   decode_last NAME TITLE SECONDS CHECKPOINTS   the last step_* in CHECKPOINTS decoded on the first N=200
+#                                               valid pairs with the recipe's own settings, then each of
+#                                               DECODE, ending with a markdown table under TITLE
+decode_last() {
+  local name=$1 title=$2 limit=$3 last; last=$(ls -d $4/step_* 2>/dev/null | tail -1)
+  [ -n "$last" ] || return 0
+  local settings=(--setting recipe:); for s in $DECODE; do settings+=(--setting "$s"); done
+  run "decode_$name" $limit python3 env/device/solver_matrix.py "$last" .device/data/valid.jsonl \
+    --pairs ${N:-200} --score ${N:-200} "${settings[@]}" --table "$title, $(basename $last), decoding"
+}

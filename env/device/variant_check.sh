@@ -15,14 +15,8 @@ run ablation ${TRAIN_S:-540} python3 env/device/ablation.py jobs/qqp_fast_target
   --set data.train=$D/train.jsonl --set data.valid=$D/valid.jsonl --parallel ${#names[@]} "${args[@]}" \
   --timeout $((${TRAIN_S:-540} - 10))
 for v in "${names[@]}"; do cp /tmp/abl/$v/train_log.jsonl "$OUT/train_log_$v.jsonl" 2>/dev/null; done
-DECODE=${DECODE-"dpm200:steps=200 l2_rounding:rounding=l2 ddpm2000:solver=ddpm"}
-decode() {
-  local v=$1 last; last=$(ls -d /tmp/abl/$v/checkpoints/step_* 2>/dev/null | tail -1)
-  [ -n "$last" ] || return 0
-  local settings=(--setting recipe:); for s in $DECODE; do settings+=(--setting "$s"); done
-  run "decode_$v" ${DECODE_S:-45} python3 env/device/solver_matrix.py "$last" $D/valid.jsonl --pairs 200 --score 200 \
-    "${settings[@]}" --table "$v, $(basename $last), decoding"
-}
-if [ -n "$DECODE" ]; then for v in "${names[@]}"; do decode $v & done; wait; fi
+if [ -n "$DECODE" ]; then
+  for v in "${names[@]}"; do decode_last $v $v ${DECODE_S:-45} /tmp/abl/$v/checkpoints & done; wait
+fi
 sed -n '/^| /p' "$OUT/ablation.log"
 for v in "${names[@]}"; do sed -n '/^| /p' "$OUT/decode_$v.log" 2>/dev/null; done
