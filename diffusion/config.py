@@ -145,6 +145,10 @@ class SampleConfig:
     # and a PAD rounded in early stays: a hole inside the output (decoding drops it) or an early
     # end. 0: DiffuSeq.
     pad_penalty: float = 0.0
+    # the first this many positions of each target choose among text tokens only, at each rounding
+    # and in the read-out, so no output is empty (a minimum length). A model that ends a long
+    # source's target at once, all PAD or [SEP], then says at least its likeliest words. 0: DiffuSeq.
+    min_target_tokens: int = 0
     seeds: tuple[int, ...] = (101,)  # one candidate per seed; MBR picks among them when > 1
     batch_size: int = 64
     full_mode: Literal["conditional", "joint"] = "conditional"  # how a full-noising model samples

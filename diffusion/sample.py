@@ -71,7 +71,8 @@ def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int]
                                        sample_cfg.rounding, sample_cfg.solver, sample_cfg.eta, sample_cfg.pad_penalty,
                                        cfg.diffusion.source_noise, [generators[i] for i in group],
                                        cfg.diffusion.rescale_timesteps, within_width=inside,
-                                       soft_temperature=sample_cfg.soft_temperature)
+                                       soft_temperature=sample_cfg.soft_temperature,
+                                       min_target_tokens=sample_cfg.min_target_tokens)
             for seed_index, seed_tokens in zip(group, tokens.cpu().split(len(batch))):
                 for index, row_mask, row_tokens in zip(indices, row_masks, seed_tokens):
                     hypotheses[seed_index][index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="round x0 to the nearest embedding, the logits' argmax, or the decoder's expected embedding")
     parser.add_argument("--soft-temperature", type=float, help="rounding soft: the softmax's temperature")
     parser.add_argument("--pad-penalty", type=float, help="lower PAD's score by this much (logits) when choosing tokens")
+    parser.add_argument("--min-target-tokens", type=int, help="the first N target positions take text tokens only")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-examples", type=int)
     parser.add_argument("--full-mode", choices=["conditional", "joint"])
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_examples": args.max_examples, "full_mode": args.full_mode, "compile": args.compile,
             "weights": args.weights, "rounding": args.rounding, "solver": args.solver, "eta": args.eta,
             "pad_penalty": args.pad_penalty, "soft_temperature": args.soft_temperature,
+            "min_target_tokens": args.min_target_tokens,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         summary = run(args.checkpoint, args.split, args.out, overrides, args.cpu)

@@ -21,7 +21,10 @@ handled by mode:
   the target is denoised;
 - full, joint: source and target are denoised together from pure noise.
 
-The target is read out at the mask-1 positions as argmax of lm_head. A self-conditioned
+The target is read out at the mask-1 positions as argmax of lm_head. With `min_target_tokens` k
+the first k positions after the target's [CLS] choose among text tokens only (not PAD, UNK, CLS
+or SEP), at each rounding and in the read-out: an output is never empty (as a minimum length
+bars end-of-sentence in autoregressive decoding). A self-conditioned
 denoiser gets its previous (unrounded) estimate of z_0 back at every step, zeros at the first.
 
 With `within_width` (a width-masked model, model.width_mask) each sequence is denoised inside its
@@ -39,17 +42,22 @@ from typing import Callable, Sequence
 import torch
 
 from .config import Solver
-from .data import PAD
+from .data import PAD, SEP
 from .model import Denoiser
 from .objective import keep_source
 from .schedule import Schedule
 
 
+NOT_TEXT = SEP + 1  # ids below it (PAD, UNK, CLS, SEP) decode to no text
+
+
 def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, chunk_elements: int = 1 << 26,
-                      fused: bool = True, bias: torch.Tensor | None = None, pad_penalty: float = 0.0) -> torch.Tensor:
+                      fused: bool = True, bias: torch.Tensor | None = None, pad_penalty: float = 0.0,
+                      text_only: bool = False) -> torch.Tensor:
     """Token ids (...,) of the word embeddings nearest (L2) to z (..., D); with `bias` (the
     decoder's), the argmax of the logits z.e_v + b_v instead. `pad_penalty` lowers PAD's score
-    by that much (in logits; for L2, |z - e_PAD|^2 counts 2 * pad_penalty more).
+    by that much (in logits; for L2, |z - e_PAD|^2 counts 2 * pad_penalty more); `text_only`
+    never picks a special token (PAD, UNK, CLS, SEP).
 
     argmin_v |z - e_v|^2 = argmax_v (2 z.e_v - |e_v|^2), and argmax_v (z.e_v + b_v) = argmax_v
     (2 z.e_v + 2 b_v): one score with a per-token offset. On CUDA (with `fused`) one Triton kernel
@@ -57,9 +65,11 @@ def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, chunk_elements: 
     processed in chunks so the (rows, V) score matrix never exceeds `chunk_elements`.
     """
     offsets = embedding.detach().float().pow(2).sum(-1) if bias is None else -2 * bias.detach().float()  # (V,)
-    if pad_penalty:
+    if pad_penalty or text_only:
         offsets = offsets.clone()
         offsets[PAD] += 2 * pad_penalty
+    if text_only:
+        offsets[:NOT_TEXT] = 1e30  # a score of -1e30: finite in fp32 and bf16, below any token's
     if fused and z.is_cuda and _fused_rounding_available(z.shape[-1]):
         from . import kernels
 
@@ -134,6 +144,14 @@ def dpm_solver_2m_step(schedule: Schedule, z: torch.Tensor, predicted_z_0: torch
     return ratio * z - abar_next**0.5 * math.expm1(-h) * direction
 
 
+def first_target_positions(input_mask: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, count) the positions right after each sequence's target [CLS] (the first mask-1
+    position; the source part before it is mask 0)."""
+    target_cls = (input_mask == 0).sum(-1, keepdim=True)
+    positions = target_cls + 1 + torch.arange(count, device=input_mask.device)
+    return positions.clamp(max=input_mask.shape[-1] - 1)
+
+
 def _fused_rounding_available(dim: int) -> bool:
     try:
         from . import kernels
@@ -161,6 +179,7 @@ def sample_tokens(
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     within_width: torch.Tensor | None = None,
     soft_temperature: float = 1.0,
+    min_target_tokens: int = 0,
 ) -> torch.Tensor:
     """(B, L) token ids sampled for a batch of encoded sequences; the target part is the output.
 
@@ -176,6 +195,8 @@ def sample_tokens(
     if source_noise != 1 and (noising, full_mode) == ("full", "joint"):
         raise ValueError(f"joint sampling denoises source and target at one noise level; source_noise {source_noise} needs "
                          f"conditional sampling")
+    if min_target_tokens and rounding == "soft":
+        raise ValueError("min_target_tokens needs a rounding that picks tokens (l2 or logits), not soft")
     if not (generator is None or isinstance(generator, torch.Generator)):
         if len(input_ids) % len(generator):
             raise ValueError(f"{len(input_ids)} rows do not split into {len(generator)} equal groups, one a generator")
@@ -197,6 +218,17 @@ def sample_tokens(
             return draw(x.shape[0], generator)
         return torch.cat([draw(g.shape[0], gen) for g, gen in zip(x.chunk(len(generator)), generator, strict=True)])
 
+    # the positions that must hold text, and the rounding that picks it there
+    text_at = first_target_positions(input_mask, min_target_tokens) if min_target_tokens else None
+
+    def round_to_tokens(z_0: torch.Tensor) -> torch.Tensor:
+        ids = nearest_embedding(z_0, embedding, bias=bias, pad_penalty=pad_penalty)
+        if text_at is None:
+            return ids
+        at = z_0.gather(1, text_at[..., None].expand(-1, -1, z_0.shape[-1]))  # (B, k, D)
+        return ids.scatter(1, text_at, nearest_embedding(at, embedding, bias=bias, pad_penalty=pad_penalty,
+                                                         text_only=True))
+
     z = randn_like(emb)
     previous_z_0 = torch.zeros_like(emb) if denoiser.cfg.self_condition else None
     if noising == "target":
@@ -214,8 +246,7 @@ def sample_tokens(
         if int(schedule.timestep_map[step]) >= clamp_step:
             predicted_z_0 = (soft_embedding(predicted_z_0, embedding, bias, soft_temperature, pad_penalty)
                              if rounding == "soft" else
-                             denoiser.embed(nearest_embedding(predicted_z_0, embedding, bias=bias,
-                                                              pad_penalty=pad_penalty)).float())
+                             denoiser.embed(round_to_tokens(predicted_z_0)).float())
         if solver == "ddpm":
             mean = schedule.posterior_mean(predicted_z_0, z, t)
             if step > 0:
@@ -233,5 +264,7 @@ def sample_tokens(
     logits = denoiser.logits(z)
     if pad_penalty:
         logits[..., PAD] -= pad_penalty
+    if text_at is not None:
+        logits[torch.arange(len(logits), device=logits.device)[:, None], text_at, :NOT_TEXT] = -math.inf
     tokens = logits.argmax(-1)
     return tokens if within_width is None else tokens.masked_fill(~width["within_width"], PAD)

@@ -537,6 +537,13 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
     check(s.solver == "ddpm" or (s.steps or spec.diffusion.steps) >= 2, "sample.steps", f"{s.solver} needs at least 2 steps")
     at_least("sample.batch_size", 1)
     at_least("sample.pad_penalty", 0)
+    at_least("sample.min_target_tokens", 0)
+    check(not s.min_target_tokens or s.rounding != "soft", "sample.min_target_tokens",
+          "needs a rounding that picks tokens (l2 or logits), not soft")
+    # a trimmed target has target_margin positions at least: [CLS], the tokens, [SEP]
+    check(not spec.data.trim or s.min_target_tokens <= spec.data.target_margin - 2, "sample.min_target_tokens",
+          f"{s.min_target_tokens} do not fit a trimmed target of data.target_margin {spec.data.target_margin} "
+          f"positions with its [CLS] and [SEP]")
     check(s.soft_temperature > 0, "sample.soft_temperature", f"must be positive, got {s.soft_temperature}")
     check(s.soft_temperature == 1 or s.rounding == "soft", "sample.soft_temperature",
           f"is read by rounding soft only (sample.rounding is {s.rounding!r})")

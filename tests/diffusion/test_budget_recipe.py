@@ -244,6 +244,47 @@ def test_pad_penalty_zero_samples_the_same_tokens_and_a_large_one_emits_no_pad()
     assert not (sample(pad_penalty=1000.0)[mask == 1] == PAD).any()
 
 
+def test_text_only_rounding_never_picks_a_special_token_and_is_the_argmax_of_the_others():
+    torch.manual_seed(0)
+    embedding, bias, z = torch.randn(300, 16), torch.randn(300), torch.randn(40, 16) * 0.3
+    bias[:4] += 6.0  # PAD, UNK, CLS and SEP lead everywhere
+    logits = z @ embedding.t() + bias
+    assert (nearest_embedding(z, embedding, bias=bias) < 4).all()
+    assert torch.equal(nearest_embedding(z, embedding, chunk_elements=300 * 4, bias=bias, text_only=True),
+                       logits[:, 4:].argmax(-1) + 4)
+    embedding[:4] *= 0.01  # in L2 too: the specials are nearest to a short z, and barred
+    assert torch.equal(nearest_embedding(z * 0.01, embedding, text_only=True),
+                       (2 * z * 0.01 @ embedding.t() - embedding.pow(2).sum(-1))[:, 4:].argmax(-1) + 4)
+
+
+@pytest.mark.parametrize("rounding", ["logits", "l2"])
+def test_min_target_tokens_gives_text_after_the_targets_cls_and_zero_changes_nothing(rounding):
+    from diffusion.data import CLS, SEP
+
+    denoiser = tiny_denoiser()
+    with torch.no_grad():
+        denoiser.lm_head.bias[SEP] += 50.0  # a decoder that ends every target at once
+        denoiser.word_embedding.weight[SEP] *= 0.01  # and the embedding nearest to any blur
+    ids, mask = batch()
+    mask[3:, 10:14] = 0  # sources of two lengths: the target's [CLS] at position 10 or 14
+    ids[:3, 10], ids[3:, 14] = CLS, CLS
+
+    def sample(**options):
+        return sample_tokens(denoiser, Schedule.named("sqrt", 10), ids, mask, rounding=rounding,
+                             generator=torch.Generator().manual_seed(0), **options)
+
+    plain = sample()
+    assert (plain[mask == 1] < 4).all()  # every output empty
+    assert torch.equal(sample(min_target_tokens=0), plain)
+    tokens = sample(min_target_tokens=2)
+    for row, start in zip(tokens, [10] * 3 + [14] * 3):
+        assert (row[start + 1 : start + 3] >= 4).all()  # text at the two positions after [CLS]
+        assert (row[start + 3 :] < 4).all()  # the model's choice everywhere else
+    assert torch.equal(tokens[mask == 0], plain[mask == 0])
+    with pytest.raises(ValueError, match="min_target_tokens needs a rounding that picks tokens"):
+        sample_tokens(denoiser, Schedule.named("sqrt", 10), ids, mask, rounding="soft", min_target_tokens=1)
+
+
 def test_soft_rounding_is_the_decoders_expected_embedding():
     torch.manual_seed(0)
     embedding, bias, z = torch.randn(300, 16), torch.randn(300), torch.randn(5, 7, 16) * 0.5
@@ -442,12 +483,21 @@ def test_score_reports_the_share_of_empty_outputs():
     ("train.adam_beta2", 1.0, "must be in \\(0, 1\\)"),
     ("model.norm", "middle", "must be one of"),
     ("sample.soft_temperature", 0.5, "read by rounding soft only"),
+    ("sample.min_target_tokens", -1, "at least 0"),
+    ("sample.min_target_tokens", 7, "7 do not fit a trimmed target of data.target_margin 8"),
 ])
 def test_budget_keys_are_validated_with_named_errors(key, value, message):
     from pipeline.spec import SpecError, load_spec
 
     with pytest.raises(SpecError, match=f"{key}: .*{message}"):
         load_spec(REPO / "jobs/qqp_fast_target.yaml", [f"{key}={value}"])
+
+
+def test_min_target_tokens_with_soft_rounding_is_refused_by_name():
+    from pipeline.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError, match="sample.min_target_tokens: needs a rounding that picks tokens"):
+        load_spec(REPO / "jobs/qqp_fast_target.yaml", ["sample.min_target_tokens=1", "sample.rounding=soft"])
 
 
 def test_source_noise_with_joint_sampling_is_refused_by_name():
@@ -470,6 +520,7 @@ def test_the_report_recipe_keeps_every_budget_key_at_its_default():
         assert (spec.train.warmup_steps, spec.train.ema_warmup) == (TrainConfig().warmup_steps, False)
         assert spec.sample.rounding == SampleConfig().rounding == "l2"
         assert spec.sample.pad_penalty == SampleConfig().pad_penalty == 0.0
+        assert spec.sample.min_target_tokens == SampleConfig().min_target_tokens == 0
         assert spec.diffusion.source_noise == DiffusionConfig().source_noise == 1.0
         assert (spec.sample.solver, spec.sample.steps) == (SampleConfig().solver, None) == ("ddpm", None)
 
