@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 12 in one device call on one GPU, from the repo root: the budget recipe for both noising
 # modes (jobs/qqp_fast_target.yaml, jobs/qqp_fast_full.yaml) through `pipeline submit --executor
-# local --wait` as a user runs it, both at once on the card (520-560 s measured, so LIMIT_S is 580
-# and the call fits the device's 600 s; side by side each one's logged speed is the shared card's:
-# MODES=target, or SEQUENTIAL=1 with about 280 s a spec, times one alone; MODES=full_quiet runs
-# jobs/qqp_fast_full_quiet.yaml), each checkpoint sampled on the first N=200 pairs of QQP's valid
+# local --wait` as a user runs it, both at once on the card (520 s; on a card 6 % slower they
+# had only written their last samples at 540 s: LIMIT_S is 580, inside the device's 600 s; side
+# by side each one's logged speed is the shared card's: MODES=target, or SEQUENTIAL=1 with about
+# 280 s a spec, times one alone; MODES=full_quiet runs jobs/qqp_fast_full_quiet.yaml), each checkpoint sampled on the first N=200 pairs of QQP's valid
 # split (single sample, the recipe's solver), then the combined table (BLEU, ROUGE-L, Dist-1, len,
 # BLEU against the source, empty outputs, the copy-the-source row), the checkpoint diagnostics, the
 # training speed and the first outputs. diffusion/QUALITY.md holds what it printed. Needs
