@@ -16,6 +16,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 run() { local name=$1 limit=$2; shift 2; echo "== $name"; ( time timeout "$limit" "$@" ) > "$OUT/$name.log" 2>&1
         grep -h '^{"' "$OUT/$name.log" | sed "s/^{/{\"run\": \"$name\", /" >> "$OUT/results.jsonl" || true; tail -3 "$OUT/$name.log"; }
 # the decoding ablations a last checkpoint is decoded again with (env/device/solver_matrix.py settings)
+[ "${DECODE:-}" = default ] && unset DECODE  # DECODE=default: the list below, in every script
 DECODE=${DECODE-"dpm200:steps=200 l2_rounding:rounding=l2 ddpm2000:solver=ddpm no_min_tokens:min_target_tokens=0"}
 #   decode_last NAME TITLE SECONDS CHECKPOINTS   the last step_* in CHECKPOINTS decoded on the first N=200
 #                                               valid pairs with the recipe's own settings, then each of

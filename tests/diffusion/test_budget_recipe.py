@@ -253,6 +253,7 @@ def test_text_only_rounding_never_picks_a_special_token_and_is_the_argmax_of_the
     assert torch.equal(nearest_embedding(z, embedding, chunk_elements=300 * 4, bias=bias, text_only=True),
                        logits[:, 4:].argmax(-1) + 4)
     embedding[:4] *= 0.01  # in L2 too: the specials are nearest to a short z, and barred
+    assert (nearest_embedding(z * 0.01, embedding) < 4).all()
     assert torch.equal(nearest_embedding(z * 0.01, embedding, text_only=True),
                        (2 * z * 0.01 @ embedding.t() - embedding.pow(2).sum(-1))[:, 4:].argmax(-1) + 4)
 
@@ -269,17 +270,28 @@ def test_min_target_tokens_gives_text_after_the_targets_cls_and_zero_changes_not
     mask[3:, 10:14] = 0  # sources of two lengths: the target's [CLS] at position 10 or 14
     ids[:3, 10], ids[3:, 14] = CLS, CLS
 
-    def sample(**options):
-        return sample_tokens(denoiser, Schedule.named("sqrt", 10), ids, mask, rounding=rounding,
-                             generator=torch.Generator().manual_seed(0), **options)
+    rounded = []  # the token ids of every rounding: the denoiser embeds them for the next step
+    embed = denoiser.embed
+    denoiser.embed = lambda token_ids: (rounded.append(token_ids), embed(token_ids))[1]
 
-    plain = sample()
+    def sample(**options):
+        rounded.clear()
+        tokens = sample_tokens(denoiser, Schedule.named("sqrt", 10), ids, mask, rounding=rounding,
+                               generator=torch.Generator().manual_seed(0), **options)
+        assert len(rounded) == 1 + 10  # the clean embedding, then one rounding a step
+        return tokens, rounded[1:]
+
+    plain, plain_rounded = sample()
     assert (plain[mask == 1] < 4).all()  # every output empty
-    assert torch.equal(sample(min_target_tokens=0), plain)
-    tokens = sample(min_target_tokens=2)
+    assert all((r[mask == 1] < 4).all() for r in plain_rounded)  # and so was every rounding
+    assert torch.equal(sample(min_target_tokens=0)[0], plain)
+    tokens, roundings = sample(min_target_tokens=2)
     for row, start in zip(tokens, [10] * 3 + [14] * 3):
         assert (row[start + 1 : start + 3] >= 4).all()  # text at the two positions after [CLS]
         assert (row[start + 3 :] < 4).all()  # the model's choice everywhere else
+    for step_ids in roundings:  # at every step's rounding too, not only in the read-out
+        starts = torch.tensor([10] * 3 + [14] * 3)[:, None] + torch.tensor([1, 2])
+        assert (step_ids.gather(1, starts) >= 4).all()
     assert torch.equal(tokens[mask == 0], plain[mask == 0])
     with pytest.raises(ValueError, match="min_target_tokens needs a rounding that picks tokens"):
         sample_tokens(denoiser, Schedule.named("sqrt", 10), ids, mask, rounding="soft", min_target_tokens=1)
