@@ -42,13 +42,13 @@ from typing import Callable, Sequence
 import torch
 
 from .config import Solver
-from .data import PAD, SEP
+from .data import PAD, SPECIAL_TOKENS
 from .model import Denoiser
 from .objective import keep_source
 from .schedule import Schedule
 
 
-NOT_TEXT = SEP + 1  # ids below it (PAD, UNK, CLS, SEP) decode to no text
+NOT_TEXT = len(SPECIAL_TOKENS)  # the special tokens take the ids below it (PAD, UNK, CLS, SEP): no text
 
 
 def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, chunk_elements: int = 1 << 26,

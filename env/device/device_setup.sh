@@ -3,6 +3,7 @@
 # than 24), unpacks .device/data, records the card, sets NGPU and defines
 #   run NAME SECONDS COMMAND...   COMMAND under a time limit, its output in $OUT/NAME.log and
 #                                 its JSON lines (tagged with NAME) appended to $OUT/results.jsonl
+# and decode_last (below), which re-decodes a last checkpoint with the settings of DECODE
 OUT=${OUT:-/tmp/$(basename "$0" .sh)}; mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 python3 -c "import pyarrow, sys; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)" 2>/dev/null || NEED_ARROW=1
