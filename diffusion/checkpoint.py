@@ -48,6 +48,7 @@ def save(
     if not final.exists():
         engine.save_checkpoint(str(partial), tag="ds", client_state={"step": step})
         atomic.torch_save(rank_state, partial / f"rank_{rank:05d}.pt")
+        barrier()  # every rank's files are in place before rank 0 lists them into the manifest
         if rank == 0:
             write_main_files(partial)
             meta = {"step": step, "world_size": world_size, "files": file_sizes(partial), **(extra_meta or {})}
