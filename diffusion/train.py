@@ -46,7 +46,10 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": accumulation,
         "train_batch_size": t.micro_batch_size * accumulation * world_size,
-        "gradient_clipping": t.grad_clip,
+        # ZeRO-0: the trainer clips (train_step); DeepSpeed's ZeRO-0 clipping launches a norm and a
+        # multiply per parameter and copies two scalars to the card, each copy waiting for it (the
+        # budget recipe: 18 % of the real tokens/s on an H200, env/device/step_profile.py)
+        "gradient_clipping": t.grad_clip if t.zero_stage > 0 else 0.0,
         # overlap_comm off below ZeRO-3: the whole model fits one reduce bucket, so there is nothing
         # to overlap, and with it on ZeRO-2 syncs the device after every micro-batch (H200: 1.4 %
         # faster on 1 GPU, 3.5 % on 2; BENCHMARKS.md); ZeRO-3 keeps it (measured with it on)
@@ -148,6 +151,8 @@ class Training:
     ema: EMA
     sampler: Any
     n_parameters: int
+    clip_norm: float = 0.0  # the trainer clips the gradients' norm to this (0: none, or DeepSpeed does)
+    clipped: list | None = None  # the parameters whose gradients it clips
 
 
 def build(cfg: Config, env, zero_overrides: dict | None = None) -> Training:
@@ -171,21 +176,30 @@ def build(cfg: Config, env, zero_overrides: dict | None = None) -> Training:
     ds_config = deepspeed_config(cfg, env.world_size)
     ds_config["zero_optimization"].update(zero_overrides or {})
     engine, _, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer, lr_scheduler=lr_schedule, config=ds_config)
+    if env.world_size == 1 and tc.zero_stage == 0:
+        # on one rank the all-reduce is the identity, yet DeepSpeed flattens every gradient, reduces
+        # it and copies it back each step (7 % of the budget recipe's step on an H200, step_profile.py)
+        engine.enable_backward_allreduce = False
     ema = EMA(engine.module.denoiser, tc.ema_rate, tc.ema_warmup)
     sampler = make_sampler(cfg.diffusion.timestep_sampler, schedule.num_steps, env.device)
-    return Training(schedule, engine, lr_schedule, ema, sampler, n_parameters)
+    clip_norm = tc.grad_clip if tc.zero_stage == 0 else 0.0  # ZeRO 1-3: DeepSpeed's optimizer clips
+    return Training(schedule, engine, lr_schedule, ema, sampler, n_parameters, clip_norm,
+                    [p for p in engine.module.parameters() if p.requires_grad])
 
 
 def train_step(run: Training, next_batch, accumulation: int) -> list[tuple[dict, torch.Tensor]]:
     """One optimizer step over `accumulation` micro-batches from `next_batch()`: the loss terms
     and input ids of each micro-batch (kept on the device: no host sync)."""
     done = []
-    for _ in range(accumulation):
+    for i in range(accumulation):
         ids, mask = next_batch()
         t, weights = run.sampler.sample(ids.shape[0])
         terms = run.engine(ids, mask, t)
         run.sampler.update(t, terms["loss"])
         run.engine.backward((terms["loss"] * weights).mean())
+        if run.clip_norm and i == accumulation - 1:  # at the boundary the gradients are whole and reduced
+            # DeepSpeed's clipping (norm + 1e-6, the factor capped at 1), fused over the tensors on a GPU
+            torch.nn.utils.clip_grad_norm_(run.clipped, run.clip_norm)
         run.engine.step()
         done.append((terms, ids))
     return done

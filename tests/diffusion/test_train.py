@@ -105,3 +105,17 @@ def test_time_limit_stops_with_a_checkpoint_and_the_next_run_resumes(tmp_path, c
     assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == f"step_{summary['step']:07d}"
     (summary,) = run_module("diffusion.train", cfg, tmp_path / "run")
     assert summary["finished"] and summary["step"] == 30
+
+
+def test_zero0_clips_the_gradients_as_deepspeed_does_under_zero2_once_a_step(tmp_path, corpus):
+    """At ZeRO-0 the trainer clips (fused, no host wait) instead of DeepSpeed; a clip small enough to
+    shrink Adam's steps below its epsilon shows it clips, and clips the whole step's gradient (two
+    micro-batches) as ZeRO-2's optimizer does, not each micro-batch."""
+    exported = {}
+    for name, stage, clip in (("zero0", 0, 1e-6), ("zero2", 2, 1e-6), ("unclipped", 0, 0.0)):
+        cfg = tiny_config(corpus["train"], steps=3, save_every=3, zero_stage=stage, grad_clip=clip, ema_rate=0.0)
+        run_module("diffusion.train", write_config(tmp_path / f"{name}.yaml", cfg), tmp_path / name)
+        exported[name] = torch.load(tmp_path / name / "checkpoints/step_0000003/model.pt", weights_only=False)["state_dict"]
+    zero0, zero2, unclipped = exported["zero0"], exported["zero2"], exported["unclipped"]
+    assert all(torch.allclose(zero0[k], zero2[k], rtol=1e-5, atol=1e-7) for k in zero0)
+    assert max((zero0[k] - unclipped[k]).abs().max().item() for k in zero0) > 1e-3
