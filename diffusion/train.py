@@ -37,6 +37,14 @@ from .schedule import Schedule
 from .timesteps import make_sampler
 
 
+def trainer_clips(cfg: Config) -> bool:
+    """Whether train_step clips the gradients itself (ZeRO-0) rather than DeepSpeed (ZeRO 1-3, whose
+    optimizer clips): DeepSpeed's ZeRO-0 clipping launches a norm and a multiply per parameter and
+    copies two scalars to the card, each copy waiting for it (the budget recipe: 18 % of the real
+    tokens/s on an H200, env/device/step_profile.py)."""
+    return cfg.train.zero_stage == 0
+
+
 def deepspeed_config(cfg: Config, world_size: int) -> dict:
     t = cfg.train
     if t.batch_size % t.micro_batch_size:
@@ -46,10 +54,7 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": accumulation,
         "train_batch_size": t.micro_batch_size * accumulation * world_size,
-        # ZeRO-0: the trainer clips (train_step); DeepSpeed's ZeRO-0 clipping launches a norm and a
-        # multiply per parameter and copies two scalars to the card, each copy waiting for it (the
-        # budget recipe: 18 % of the real tokens/s on an H200, env/device/step_profile.py)
-        "gradient_clipping": t.grad_clip if t.zero_stage > 0 else 0.0,
+        "gradient_clipping": 0.0 if trainer_clips(cfg) else t.grad_clip,
         # overlap_comm off below ZeRO-3: the whole model fits one reduce bucket, so there is nothing
         # to overlap, and with it on ZeRO-2 syncs the device after every micro-batch (H200: 1.4 %
         # faster on 1 GPU, 3.5 % on 2; BENCHMARKS.md); ZeRO-3 keeps it (measured with it on)
@@ -182,8 +187,8 @@ def build(cfg: Config, env, zero_overrides: dict | None = None) -> Training:
         engine.enable_backward_allreduce = False
     ema = EMA(engine.module.denoiser, tc.ema_rate, tc.ema_warmup)
     sampler = make_sampler(cfg.diffusion.timestep_sampler, schedule.num_steps, env.device)
-    clip_norm = tc.grad_clip if tc.zero_stage == 0 else 0.0  # ZeRO 1-3: DeepSpeed's optimizer clips
-    return Training(schedule, engine, lr_schedule, ema, sampler, n_parameters, clip_norm,
+    return Training(schedule, engine, lr_schedule, ema, sampler, n_parameters,
+                    tc.grad_clip if trainer_clips(cfg) else 0.0,
                     [p for p in engine.module.parameters() if p.requires_grad])
 
 

@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from diffusion import distributed  # noqa: E402
 from diffusion.batches import BatchStream  # noqa: E402
+from diffusion.bench import sync  # noqa: E402
 from diffusion.data import load_encoded, sequence_widths  # noqa: E402
 from diffusion.train import LossWindow, build, load_data, train_step  # noqa: E402
 from pipeline.spec import load_spec  # noqa: E402
@@ -45,11 +46,6 @@ def patch(run, variant: str, grad_clip: float) -> None:
     run.clip_norm = 0.0 if deepspeed_clip else grad_clip
     run.engine._config.gradient_clipping = grad_clip if deepspeed_clip else 0.0
     run.engine.enable_backward_allreduce = variant in ("deepspeed_allreduce", "deepspeed_both")
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def segment(run, batches, steps: int, device) -> dict:
@@ -101,6 +97,8 @@ def main() -> int:
 
     cfg = load_spec(args.spec, args.set).library_config()
     env = distributed.setup(False)
+    if cfg.train.zero_stage != 0 or env.world_size != 1:
+        raise SystemExit("step_profile compares the bookkeeping of one rank at ZeRO-0 (train.zero_stage: 0)")
     workdir = Path(args.workdir)
     data_dir, cfg = load_data(cfg, workdir, workdir / "data", env)
     if cfg.train.batch_size != cfg.train.micro_batch_size:
@@ -109,8 +107,6 @@ def main() -> int:
     ids, mask = load_encoded(data_dir / "train.pt")
     widths = sequence_widths(mask, cfg.data) if cfg.data.trim else None
     batches = BatchStream(ids, mask, cfg.train.micro_batch_size, 0, 1, cfg.train.seed, env.device, widths)
-    if cfg.train.zero_stage != 0 or env.world_size != 1:
-        raise SystemExit("step_profile compares the bookkeeping of one rank at ZeRO-0 (train.zero_stage: 0)")
     run.engine.train()
     print(json.dumps({"card": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu", "spec": args.spec, "sets": args.set,
                       "grad_clip": cfg.train.grad_clip, "zero_stage": cfg.train.zero_stage}), flush=True)
