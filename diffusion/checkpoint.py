@@ -46,14 +46,24 @@ def save(
         partial.mkdir(parents=True)
     barrier()
     if not final.exists():
-        engine.save_checkpoint(str(partial), tag="ds", client_state={"step": step})
-        atomic.torch_save(rank_state, partial / f"rank_{rank:05d}.pt")
-        barrier()  # every rank's files are in place before rank 0 lists them into the manifest
-        if rank == 0:
-            write_main_files(partial)
-            meta = {"step": step, "world_size": world_size, "files": file_sizes(partial), **(extra_meta or {})}
-            atomic.write_json(partial / "meta.json", meta)
-        barrier()
+        try:
+            engine.save_checkpoint(str(partial), tag="ds", client_state={"step": step})
+            atomic.torch_save(rank_state, partial / f"rank_{rank:05d}.pt")
+            barrier()  # every rank's files are in place before rank 0 lists them into the manifest
+            if rank == 0:
+                write_main_files(partial)
+                meta = {"step": step, "world_size": world_size, "files": file_sizes(partial), **(extra_meta or {})}
+                atomic.write_json(partial / "meta.json", meta)
+            barrier()
+        except Exception as err:
+            # a full or read-only disk said as such (torch's own error does not), and the room the
+            # half-written folder takes given back
+            refused = atomic.refused(err, root)
+            if rank == 0:
+                shutil.rmtree(partial, ignore_errors=True)
+            if refused is not None:
+                raise refused from err
+            raise
         if rank == 0:
             partial.rename(final)
     barrier()

@@ -24,6 +24,11 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {message}" if key else message)
 
 
+# `[CLS] x [SEP] [SEP] [CLS] y [SEP]` with one token of x and one of y: a shorter sequence has no
+# room for a source or a target (data.build_sequence)
+MIN_SEQ_LEN = 7
+
+
 @dataclass(frozen=True)
 class DataConfig:
     train: str | None = None  # DiffuSeq-format jsonl ({"src", "trg"} a line)
@@ -33,7 +38,7 @@ class DataConfig:
     synthetic_pairs: int | None = None  # make diffusion.corpus's offline demo corpus of this many train pairs
     vocab_size: int = 30522  # BPE merges stop earlier on small corpora
     lowercase: bool = True  # DiffuSeq used bert-base-uncased
-    seq_len: int = 128
+    seq_len: int = 128  # at least MIN_SEQ_LEN
     max_train_pairs: int | None = None  # a slice of the train split, for tests and demos
     # Trimmed sequences (budget recipe): a pair takes its source part plus a target budget of
     # ceil(target_ratio * source tokens) + target_margin positions (its [CLS] and [SEP] included;

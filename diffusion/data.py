@@ -16,15 +16,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from . import atomic
+from .config import MIN_SEQ_LEN
 from .pairs import DataError, check_pairs_file  # noqa: F401  (DataError: raised by this module too)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 PAD, UNK, CLS, SEP = range(4)
-
-# DiffuSeq's QQP split sizes: the first 2,500 positive pairs are test, the next 2,048 valid.
-TEST_SIZE = 2500
-VALID_SIZE = 2048
-
 
 def load_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
     """Paraphrase pairs from DiffuSeq-format jsonl ({"src": str, "trg": str} a line), first `limit`."""
@@ -41,33 +37,6 @@ def load_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return ds.to_list()
-
-
-def diffuseq_split(rows: Iterable[dict]) -> dict[str, list[dict]]:
-    """DiffuSeq's QQP split of Quora rows (id, question1, question2, is_duplicate): the positive
-    pairs in pair-id order, question1 as src and question2 as trg, text unchanged;
-    test = the first 2,500, valid = the next 2,048, train = the rest."""
-    positives = sorted(
-        (int(r["id"]), r["question1"], r["question2"]) for r in rows if int(r["is_duplicate"]) == 1
-    )
-    if len(positives) <= TEST_SIZE + VALID_SIZE:
-        raise DataError(
-            f"only {len(positives)} positive pairs; DiffuSeq's split needs more than {TEST_SIZE + VALID_SIZE}"
-        )
-    pairs = [{"src": q1, "trg": q2} for _, q1, q2 in positives]
-    return {
-        "train": pairs[TEST_SIZE + VALID_SIZE :],
-        "valid": pairs[TEST_SIZE : TEST_SIZE + VALID_SIZE],
-        "test": pairs[:TEST_SIZE],
-    }
-
-
-def load_hub_qqp(name: str = "AlekseyKorshuk/quora-question-pairs", cache_dir=None) -> dict[str, list[dict]]:
-    """DiffuSeq's QQP split rebuilt from Quora's question pairs on the Hugging Face hub."""
-    import datasets
-
-    ds = datasets.load_dataset(name, split="train", cache_dir=cache_dir)
-    return diffuseq_split(ds.select_columns(["id", "question1", "question2", "is_duplicate"]))
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> Tokenizer:
@@ -109,8 +78,9 @@ def build_sequence(src_ids: list[int], trg_ids: list[int], seq_len: int,
     leave one more PAD than needed). The closing [SEP] of each side is always kept. With
     `target_budget` (trimmed sequences), the target part is then cut to target_budget(len(x))
     positions, so that it fits the width `sequence_widths` gives this sequence."""
-    if seq_len < 5:
-        raise ValueError(f"seq_len must be at least 5 (the special tokens alone), got {seq_len}")
+    if seq_len < MIN_SEQ_LEN:
+        raise ValueError(f"seq_len must be at least {MIN_SEQ_LEN} (the special tokens, a source and a target token), "
+                         f"got {seq_len}")
     x, y = list(src_ids), list(trg_ids)
     while len(x) + len(y) + 5 > seq_len:
         if len(x) > len(y):

@@ -4,6 +4,7 @@ checkpoint, the checkpoint folders' names, what makes one complete, and the hear
 The trainer writes `step_NNNNNNN/meta.json` last, listing every other file of the checkpoint with
 its size (diffusion/checkpoint.py); a folder is complete when that manifest is there and every
 file it names has its size. The pipeline's login-node commands check this without importing torch.
+One trainer at a time writes an output folder: its first rank holds `train.lock` there (diffusion.locks).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
 HEARTBEAT = "heartbeat.json"  # the trainer's last log record, in its output folder
+TRAIN_LOCK = "train.lock"  # held by the trainer's first rank while it trains into its output folder
+TRAINER_BUSY = 75  # the exit code of a trainer that found its output folder's lock held (EX_TEMPFAIL)
 
 
 class CheckpointError(RuntimeError):

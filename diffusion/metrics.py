@@ -92,9 +92,13 @@ def bertscore_model_unavailable(model: str) -> str | None:
     if os.path.exists(model):
         return "is a file, not a model folder"
     from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
 
-    if isinstance(try_to_load_from_cache(model, "config.json"), str):
-        return None
+    try:
+        if isinstance(try_to_load_from_cache(model, "config.json"), str):
+            return None
+    except HFValidationError:  # not a hub name ("org/model"): a path that is not there
+        return "is neither a folder here nor a hub model name"
     if constants.HF_HUB_OFFLINE:
         return "is neither a local folder nor in the hub cache, and the hub is off (HF_HUB_OFFLINE)"
     if not _reachable(constants.ENDPOINT):

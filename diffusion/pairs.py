@@ -1,13 +1,20 @@
-"""Checking a DiffuSeq-format jsonl file of pairs ({"src": str, "trg": str} a line), line by line.
+"""Pairs without torch: checking a DiffuSeq-format jsonl file ({"src": str, "trg": str} a line)
+line by line, reading a few pairs, and DiffuSeq's QQP split of the hub's Quora pairs.
 
-Standard library only: the pipeline runs it on a login node at submit time, before anything is
-queued, and `data.load_pairs` runs it again before reading the file for real.
+The pipeline runs these on a login node at submit time (the check before anything is queued,
+the hub dataset's download into the offline cache), and `data.load_pairs` checks again before
+reading the file for real.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable
+
+# DiffuSeq's QQP split sizes: the first 2,500 positive pairs are test, the next 2,048 valid.
+TEST_SIZE = 2500
+VALID_SIZE = 2048
 
 
 class DataError(ValueError):
@@ -59,3 +66,30 @@ def read_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
                 row = json.loads(line)
                 pairs.append({"src": row["src"], "trg": row["trg"]})
     return pairs
+
+
+def diffuseq_split(rows: Iterable[dict]) -> dict[str, list[dict]]:
+    """DiffuSeq's QQP split of Quora rows (id, question1, question2, is_duplicate): the positive
+    pairs in pair-id order, question1 as src and question2 as trg, text unchanged;
+    test = the first 2,500, valid = the next 2,048, train = the rest."""
+    positives = sorted(
+        (int(r["id"]), r["question1"], r["question2"]) for r in rows if int(r["is_duplicate"]) == 1
+    )
+    if len(positives) <= TEST_SIZE + VALID_SIZE:
+        raise DataError(
+            f"only {len(positives)} positive pairs; DiffuSeq's split needs more than {TEST_SIZE + VALID_SIZE}"
+        )
+    pairs = [{"src": q1, "trg": q2} for _, q1, q2 in positives]
+    return {
+        "train": pairs[TEST_SIZE + VALID_SIZE :],
+        "valid": pairs[TEST_SIZE : TEST_SIZE + VALID_SIZE],
+        "test": pairs[:TEST_SIZE],
+    }
+
+
+def load_hub_qqp(name: str = "AlekseyKorshuk/quora-question-pairs", cache_dir=None) -> dict[str, list[dict]]:
+    """DiffuSeq's QQP split rebuilt from Quora's question pairs on the Hugging Face hub."""
+    import datasets
+
+    ds = datasets.load_dataset(name, split="train", cache_dir=cache_dir)
+    return diffuseq_split(ds.select_columns(["id", "question1", "question2", "is_duplicate"]))

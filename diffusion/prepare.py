@@ -16,7 +16,8 @@ from pathlib import Path
 from . import atomic
 from .config import DataConfig, to_dict
 from .corpus import make_pairs
-from .data import SPECIAL_TOKENS, DataError, encode_pairs, target_budget, load_hub_qqp, load_pairs, save_encoded, save_tokenizer, train_tokenizer
+from .data import SPECIAL_TOKENS, DataError, encode_pairs, target_budget, load_pairs, save_encoded, save_tokenizer, train_tokenizer
+from .pairs import load_hub_qqp
 
 SPLITS = ("train", "valid", "test")
 

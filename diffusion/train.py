@@ -11,8 +11,10 @@ complete checkpoint; a finished run does nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -24,9 +26,9 @@ from typing import Any
 
 import torch
 
-from . import atomic, checkpoint, distributed
+from . import atomic, checkpoint, distributed, locks
 from .batches import BatchStream
-from .manifest import HEARTBEAT, checkpoint_steps
+from .manifest import HEARTBEAT, TRAIN_LOCK, TRAINER_BUSY, checkpoint_steps
 from .config import Config, ConfigError, load_config, to_dict
 from .data import PAD, load_encoded, load_tokenizer, sequence_widths, within_width
 from .ema import EMA
@@ -256,12 +258,29 @@ def save_checkpoint(run: Training, batches: BatchStream, cfg: Config, data_dir: 
                     {"zero_stage": cfg.train.zero_stage})
 
 
+@contextlib.contextmanager
+def sole_trainer(outdir: Path):
+    """The world's first rank holds the output folder's train.lock before anything is written
+    there: a second trainer of the same folder (however it was started) stops at once with
+    locks.LockHeld naming the first, instead of overwriting its checkpoints."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    with locks.exclusive(outdir / TRAIN_LOCK, what="training"):
+        yield
+
+
 def train(cfg: Config, outdir: str | Path, data_dir: str | Path | None = None, stop_after: int | None = None,
           force_cpu: bool = False) -> dict:
     """Train (or resume) to cfg.train.steps, or until `stop_after` steps or the time limit. Returns a summary."""
-    wall_start = time.monotonic()
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    with sole_trainer(outdir):
+        return _train(cfg, outdir, data_dir, stop_after, force_cpu)
+
+
+def _train(cfg: Config, outdir: Path, data_dir: str | Path | None, stop_after: int | None, force_cpu: bool) -> dict:
+    wall_start = time.monotonic()
     env = distributed.setup(force_cpu)
     data_dir, cfg = load_data(cfg, outdir, data_dir, env)
     tc = cfg.train
@@ -377,8 +396,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.time_limit is not None:
             cfg = replace(cfg, train=replace(cfg.train, time_limit_s=args.time_limit))
         summary = train(cfg, args.outdir, args.data_dir, args.stop_after, args.cpu)
+    except locks.LockHeld as err:
+        print(f"error: {err.path.parent} is being trained by {locks.describe(err.holder)} ({err.path}); "
+              "a second trainer would overwrite its checkpoints", file=sys.stderr)
+        return TRAINER_BUSY
     except (ConfigError, checkpoint.CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full or read-only disk: one line, which the pipeline shows as the reason
+        refused = atomic.refused(err, args.outdir)
+        if refused is None:
+            raise
+        print(f"error: cannot write {refused.filename or args.outdir}: {refused.strerror}", file=sys.stderr)
         return 2
     finally:
         distributed.teardown()

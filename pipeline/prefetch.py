@@ -76,7 +76,7 @@ def _fetch_model(name: str, root: Path) -> str:
 
 
 def _fetch_dataset(name: str, root: Path) -> str:
-    from diffusion.data import load_hub_qqp
+    from diffusion.pairs import load_hub_qqp  # not diffusion.data, which imports torch
 
     try:
         load_hub_qqp(name)

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from diffusion import data
+from diffusion.pairs import diffuseq_split
+from diffusion.config import MIN_SEQ_LEN
 from diffusion.data import CLS, PAD, SEP, DataError
 
 QQP = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qqp"
@@ -78,13 +80,13 @@ def test_diffuseq_split():
         for i in range(7500)
     ]  # 5,000 positives
     rng.shuffle(rows)
-    split = data.diffuseq_split(rows)
+    split = diffuseq_split(rows)
     assert [len(split[k]) for k in ("test", "valid", "train")] == [2500, 2048, 452]
     ids = [int(p["src"].split()[1]) for k in ("test", "valid", "train") for p in split[k]]
     assert ids == [i for i in range(7500) if i % 3 != 0]
     assert split["test"][0] == {"src": "q1 1", "trg": "q2 1"}
     with pytest.raises(DataError):
-        data.diffuseq_split(rows[:100])
+        diffuseq_split(rows[:100])
 
 
 def test_tokenizer(tok):
@@ -125,14 +127,15 @@ def test_build_sequence_truncation():
     # equally long sides both lose a token, as in DiffuSeq, leaving one PAD
     ids, _ = data.build_sequence([10, 11, 12], [20, 21, 22], seq_len=10)
     assert ids == [CLS, 10, 11, SEP, SEP, CLS, 20, 21, SEP, PAD]
-    for n in range(5, 20):
+    for n in range(MIN_SEQ_LEN, 20):
         ids, mask = data.build_sequence(list(range(10, 30)), list(range(40, 55)), seq_len=n)
         assert len(ids) == len(mask) == n
         assert ids.count(SEP) == 3 and ids.count(CLS) == 2
         source, target = data.split_sequence(ids, mask)
         assert source[-2:] == [SEP, SEP] and SEP in target
-    with pytest.raises(ValueError):
-        data.build_sequence([], [], seq_len=4)
+        assert len(source) >= 4 and len(target) >= 3  # a token of each side at the least
+    with pytest.raises(ValueError, match="at least 7"):
+        data.build_sequence([10], [20], seq_len=MIN_SEQ_LEN - 1)
 
 
 def test_encode_decode_round_trip(tmp_path, tok, pairs):
