@@ -22,55 +22,66 @@ import sys
 import time
 
 from .backends import backend, is_live
+from .errors import UserError, write_problem
 from .jobs import Registry, attempts, run_lock
 from .layout import RunLayout
-from .plan import Task, inputs_ready, prerequisites, tasks
+from .plan import Task, holder, inputs_ready, prerequisites, tasks
 from .spec import JobSpec, load_frozen
 
 MAX_ATTEMPTS = 3  # starts of one task before the pipeline stops resubmitting it by itself
 
 
 def advance(layout: RunLayout, executor: str | None = None, submit: bool = True) -> dict:
-    """One pass: {"executor", "states": {job id: state}, "submitted": [tasks], "given_up": {task: starts}}."""
+    """One pass: {"executor", "states": {job id: state}, "submitted": [tasks], "given_up": {task: starts}}.
+    Without `submit` it only reads (no lock: every file is replaced whole), so that it also
+    answers on a read-only filesystem."""
+    if not submit:
+        return _pass(layout, executor, submit=False)
     with run_lock(layout):
-        spec = load_frozen(layout.spec)
-        registry = Registry(layout)
-        executor = registry.executor or executor or spec.site.executor
-        scheduler = backend(executor)
-        undone = [t for t in tasks(spec) if not layout.is_done(t.stage, t.step)]
-        ids = [registry.job_id(t.name) for t in undone if registry.job_id(t.name)]
-        states = scheduler.query(ids) if ids else {}  # the one scheduler query of this pass
-        report = {"executor": executor, "states": states, "submitted": [], "given_up": {}, "superseded": []}
-        if not submit or (layout.state / "cancelled").is_file():
-            return report
-        plan: list[tuple[Task, list[str]]] = []  # (task, names of the prerequisites it waits for)
-        live_job: dict[str, str] = {}  # task name -> the job that will produce it, after this pass
-        for task in undone:
-            entry = registry.current(task.name)
-            live = entry is not None and is_live(states.get(entry["job_id"], "UNKNOWN"))
-            waits_for = unfinished_prerequisites(task, spec, layout, live_job)
-            if live and not _stale(entry, waits_for, live_job, states):
-                live_job[task.name] = entry["job_id"]
-                continue
-            if not live:
-                failure = layout.failure(task.stage, task.step)
-                if failure and not failure.get("retryable"):
-                    continue  # its own error: the same job would fail again; `pipeline retry` resubmits it
-                if attempts(layout, task.name) >= MAX_ATTEMPTS:
-                    report["given_up"][task.name] = attempts(layout, task.name)
-                    continue
-            if waits_for is None or (waits_for and not scheduler.jobs_can_wait):
-                continue  # nothing will produce a prerequisite as things stand, or jobs cannot wait here
-            if not scheduler.has_room(spec, task, [t for t in tasks(spec) if t.name in live_job]):
-                continue
-            if live:  # superseded: it would wait for a job it no longer needs, or for the wrong one
-                report["superseded"].append(entry["job_id"])
-            plan.append((task, waits_for))
-            live_job[task.name] = "(planned)"
-        report["submitted"] = _submit(layout, spec, executor, plan, registry, live_job)
-        if report["superseded"]:
-            scheduler.cancel(report["superseded"])  # pending and replaced; they would exit at once anyway
+        return _pass(layout, executor, submit=True)
+
+
+def _pass(layout: RunLayout, executor: str | None, submit: bool) -> dict:
+    spec = load_frozen(layout.spec)
+    registry = Registry(layout)
+    executor = registry.executor or executor or spec.site.executor
+    scheduler = backend(executor)
+    undone = [t for t in tasks(spec) if not layout.is_done(t.stage, t.step)]
+    ids = [registry.job_id(t.name) for t in undone if registry.job_id(t.name)]
+    states = scheduler.query(ids) if ids else {}  # the one scheduler query of this pass
+    report = {"executor": executor, "states": states, "submitted": [], "given_up": {}, "superseded": []}
+    if not submit or layout.cancel_flag.is_file():
         return report
+    plan: list[tuple[Task, list[str]]] = []  # (task, names of the prerequisites it waits for)
+    live_job: dict[str, str] = {}  # task name -> the job that will produce it, after this pass
+    for task in undone:
+        entry = registry.current(task.name)
+        live = entry is not None and is_live(states.get(entry["job_id"], "UNKNOWN"))
+        if not live and holder(layout, task) is not None:
+            continue  # a process runs it that its registry entry does not name: never a second one
+        waits_for = unfinished_prerequisites(task, spec, layout, live_job)
+        if live and not _stale(entry, waits_for, live_job, states):
+            live_job[task.name] = entry["job_id"]
+            continue
+        if not live:
+            failure = layout.failure(task.stage, task.step)
+            if failure and not failure.get("retryable"):
+                continue  # its own error: the same job would fail again; `pipeline retry` resubmits it
+            if attempts(layout, task.name) >= MAX_ATTEMPTS:
+                report["given_up"][task.name] = attempts(layout, task.name)
+                continue
+        if waits_for is None or (waits_for and not scheduler.jobs_can_wait):
+            continue  # nothing will produce a prerequisite as things stand, or jobs cannot wait here
+        if not scheduler.has_room(spec, task, [t for t in tasks(spec) if t.name in live_job]):
+            continue
+        if live:  # superseded: it would wait for a job it no longer needs, or for the wrong one
+            report["superseded"].append(entry["job_id"])
+        plan.append((task, waits_for))
+        live_job[task.name] = "(planned)"
+    report["submitted"] = _submit(layout, spec, executor, plan, registry, live_job)
+    if report["superseded"]:
+        scheduler.cancel(report["superseded"])  # pending and replaced; they would exit at once anyway
+    return report
 
 
 def unfinished_prerequisites(task: Task, spec: JobSpec, layout: RunLayout, live_job: dict) -> list[str] | None:
@@ -174,10 +185,17 @@ def main(argv=None) -> int:
     from .stages import layout_of
 
     layout = layout_of(args.run_dir)
-    if args.loop is None:
-        print(advance(layout))
-        return 0
-    return 0 if watch(layout, interval=args.loop)["state"] == "done" else 1
+    try:
+        if args.loop is None:
+            print(advance(layout))
+            return 0
+        return 0 if watch(layout, interval=args.loop)["state"] == "done" else 1
+    except (UserError, OSError) as err:  # a damaged registry, a disk that refuses writes: `status` says so too
+        if isinstance(err, OSError) and write_problem(err) is None:
+            raise
+        print(f"[pipeline] the run's loop stops: {write_problem(err) if isinstance(err, OSError) else err}",
+              file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

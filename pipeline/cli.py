@@ -7,9 +7,11 @@
     pipeline results RUN [RUN ...] [--out DIR]
     pipeline score SAMPLES.jsonl [--bertscore-model NAME_OR_PATH | --no-bertscore] [--json]
     pipeline cancel RUN
+    pipeline repair RUN                 rebuild a damaged job registry (state/jobs.json), then go on
 
-Runs live under the results root: the site profile's `results_root` (default `runs/` in the
-repo), or --root / $PIPELINE_ROOT.
+`submit` puts a run under its results root: --root or $PIPELINE_ROOT, else the site profile's
+`results_root` (default `runs/`); a relative one is taken from the current directory. The other
+commands find a run where it was submitted (pipeline.run_index) unless --root says where.
 """
 
 from __future__ import annotations
@@ -24,30 +26,28 @@ from rich.table import Table
 
 from diffusion.bertscore_model import DEFAULT_BERTSCORE_MODEL, OFFLINE_PACKAGE_MODEL
 
-from . import runs
+from . import run_index, runs
 from .console import console, err_console
-from .errors import UserError
+from .errors import UserError, write_problem
 from .layout import RunLayout
-from .spec import EXECUTORS, REPO, load_spec
+from .spec import EXECUTORS, load_spec
 
 
-def results_root(args, site_root: str | None = None) -> Path:
-    root = args.root or os.environ.get("PIPELINE_ROOT") or site_root or "runs"
-    root = Path(root)
-    return root if root.is_absolute() else (REPO / root)
+def given_root(args) -> Path | None:
+    """The results root named by --root or $PIPELINE_ROOT, from the current directory; else None."""
+    root = args.root or os.environ.get("PIPELINE_ROOT")
+    return Path(root).resolve() if root else None
 
 
 def find_run(args, run_id: str) -> RunLayout:
-    layout = RunLayout(results_root(args), run_id)
-    if not layout.spec.is_file():
-        raise UserError(f"no run {run_id!r} under {layout.root} (use --root or $PIPELINE_ROOT for another results root)")
-    return layout
+    return run_index.find(run_id, given_root(args))
 
 
 # --- submit ---
 def cmd_submit(args) -> int:
     spec = load_spec(args.spec, args.set or (), site=args.site)
-    return runs.submit(spec, results_root(args, spec.site.results_root), args.executor, args.wait)
+    root = given_root(args) or Path(spec.site.results_root or run_index.DEFAULT_ROOT).resolve()
+    return runs.submit(spec, root, args.executor, args.wait)
 
 
 # --- status, watch ---
@@ -56,19 +56,27 @@ STATE_STYLE = {"done": "green", "failed": "red", "blocked": "red", "running": "y
 
 
 def cmd_status(args) -> int:
-    from .status import list_runs
-
     if not args.run:
-        statuses = [runs.advance_and_status(layout) for layout in list_runs(results_root(args))]
+        statuses = []
+        for layout in run_index.every_run(given_root(args)):
+            try:
+                statuses.append(runs.advance_and_status(layout))
+            except UserError as err:  # one damaged run does not hide the others
+                statuses.append({"run": layout.run_id, "state": "error", "error": str(err), "executor": None,
+                                 "stages": [], "dir": str(layout.dir)})
         if args.json:
             print(json.dumps(statuses, indent=2))
             return 0
         table = Table("run", "executor", "state", "stages done", "folder")
+        for column in table.columns[:3]:
+            column.no_wrap = True
         for st in statuses:
             done = sum(s["state"] == "done" for s in st["stages"])
-            table.add_row(st["run"], st["executor"] or "", f"[{STATE_STYLE[st['state']]}]{st['state']}[/]",
-                          f"{done}/{len(st['stages'])}", st["dir"])
-        console.print(table if statuses else f"no runs under {results_root(args)}")
+            state = f"[{STATE_STYLE.get(st['state'], 'red')}]{st['state']}[/]"
+            table.add_row(st["run"], st["executor"] or "", state, f"{done}/{len(st['stages'])}",
+                          st.get("error") or st["dir"])
+        console.print(table if statuses else f"no runs (under {given_root(args) or './' + run_index.DEFAULT_ROOT}, "
+                                             "nor submitted from this account)")
         return 0
     st = runs.advance_and_status(find_run(args, args.run))
     if args.json:
@@ -81,7 +89,7 @@ def cmd_status(args) -> int:
 def print_status(st: dict) -> None:
     from .status import format_eta
 
-    table = Table("stage", "task", "job", "state", "progress", title=f"{st['run']}: {st['state']} ({st['executor']})")
+    rows = []
     for stage in st["stages"]:
         progress = f"{stage['done']}/{stage['total']}"
         beat = stage.get("progress")
@@ -104,8 +112,14 @@ def print_status(st: dict) -> None:
             note = progress if i == 0 else ""
             if task.get("reason"):  # why a task that is not running waits
                 note = f"{note}  {task['reason']}" if note else task["reason"]
-            table.add_row(stage["stage"] if i == 0 else "", task["task"] if len(stage["tasks"]) > 1 else "", job,
-                          f"[{STATE_STYLE[task['state']]}]{task['state']}[/]", note)
+            rows.append((stage["stage"] if i == 0 else "", task["task"] if len(stage["tasks"]) > 1 else "", job,
+                         task["state"], note))
+    table = Table(title=f"{st['run']}: {st['state']} ({st['executor']})")
+    for j, name in enumerate(("stage", "task", "job", "state")):  # what tells the rows apart is never cut
+        table.add_column(name, no_wrap=True, min_width=max([len(name), *(len(row[j]) for row in rows)]))
+    table.add_column("progress")  # wraps, on a narrow terminal
+    for stage, task, job, state, note in rows:
+        table.add_row(stage, task, job, f"[{STATE_STYLE[state]}]{state}[/]", note)
     console.print(table)
     for stage in st["stages"]:
         for task in stage["tasks"]:
@@ -137,10 +151,15 @@ def cmd_results(args) -> int:
 
     layouts = [find_run(args, run) for run in args.runs]
     out = Path(args.out) if args.out else (layouts[0].results if len(layouts) == 1
-                                           else results_root(args) / ("results-" + "+".join(args.runs)))
-    paths = aggregate([layout.dir for layout in layouts], out)
+                                           else layouts[0].root / ("results-" + "+".join(args.runs)))
     rows = table_rows([m for layout in layouts for m in load_run_metrics(layout.dir)])
     print(render_console(rows, width=console.width if console.is_terminal else None))
+    try:
+        paths = aggregate([layout.dir for layout in layouts], out)
+    except OSError as err:  # the table is printed all the same
+        if write_problem(err) is None:
+            raise
+        raise UserError(f"{write_problem(err)}; the table above was not saved (give another folder with --out)") from None
     console.print("written: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -196,39 +215,56 @@ def cmd_score(args) -> int:
     return 0
 
 
-# --- cancel ---
+# --- cancel, repair ---
 def cmd_cancel(args) -> int:
     return runs.cancel(find_run(args, args.run))
 
 
+def cmd_repair(args) -> int:
+    return runs.repair(find_run(args, args.run))
+
+
+ROOT_HELP = ("results root, from the current directory (default: $PIPELINE_ROOT; for submit, else the site's "
+             "results_root; for the others, else where the run was submitted)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline", description="DiffuSeq-style text diffusion studies on clusters")
-    parser.add_argument("--root", help="results root (default: the site's results_root, or $PIPELINE_ROOT)")
+    # --root before or after the subcommand: each subparser takes it too, without overwriting
+    # a value given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", default=argparse.SUPPRESS, help=ROOT_HELP)
+    parser = argparse.ArgumentParser(prog="pipeline", description="DiffuSeq-style text diffusion studies on clusters",
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("submit", help="submit a study from a job spec")
+
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = add("submit", help="submit a study from a job spec")
     p.add_argument("spec")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec value, e.g. train.steps=100")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a spec value, e.g. train.steps=100 (repeat --set for each)")
     p.add_argument("--site", help="site profile from env/sites/ (default: the spec's, else local)")
     p.add_argument("--executor", choices=list(EXECUTORS))
     p.add_argument("--wait", action="store_true", help="stay in the foreground with progress bars until the study ends")
     p.set_defaults(func=cmd_submit)
-    p = sub.add_parser("status", help="state of a run (or of all runs); submits what has become ready")
+    p = add("status", help="state of a run (or of all runs); submits what has become ready")
     p.add_argument("run", nargs="?")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("watch", help="status in a loop until the run ends (keep it in tmux on a login node)")
+    p = add("watch", help="status in a loop until the run ends (keep it in tmux on a login node)")
     p.add_argument("run")
     p.add_argument("--interval", type=float, default=60.0, help="seconds between scheduler queries")
     p.set_defaults(func=cmd_watch)
-    p = sub.add_parser("retry", help="resubmit a run's failed tasks (and what waits for them)")
+    p = add("retry", help="resubmit a run's failed tasks (and what waits for them)")
     p.add_argument("run")
     p.add_argument("--wait", action="store_true")
     p.set_defaults(func=cmd_retry)
-    p = sub.add_parser("results", help="Table 1 and plots for one or more runs")
+    p = add("results", help="Table 1 and plots for one or more runs")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", help="folder for the combined table (default: the run's results/, or results-A+B/)")
     p.set_defaults(func=cmd_results)
-    p = sub.add_parser("score", help="score a jsonl of {hyp, ref[, src]} with DiffuSeq's metrics")
+    p = add("score", help="score a jsonl of {hyp, ref[, src]} with DiffuSeq's metrics")
     p.add_argument("file")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--bertscore-model", default=DEFAULT_BERTSCORE_MODEL,
@@ -236,19 +272,38 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--no-bertscore", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_score)
-    p = sub.add_parser("cancel", help="stop a run's jobs")
+    p = add("cancel", help="stop a run's jobs and every process of them")
     p.add_argument("run")
     p.set_defaults(func=cmd_cancel)
+    p = add("repair", help="rebuild a damaged job registry (state/jobs.json) from the jobs' start markers, then go on")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_repair)
     return parser
 
 
+def parse(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "set", None) and all("=" in item for item in extra):
+            parser.error(f"--set takes one KEY=VALUE: repeat it for each ({' '.join('--set ' + e for e in extra)})")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.root = getattr(args, "root", None)
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return args.func(args)
     except UserError as err:
         err_console.print(f"[red]error:[/] {err}", highlight=False)
         return 2
+    except OSError as err:  # a disk that refuses a write (full, read-only, over quota): one line
+        if write_problem(err) is None:
+            raise
+        err_console.print(f"[red]error:[/] {write_problem(err)}", highlight=False)
+        return 1
     except KeyboardInterrupt:
         return 130
 

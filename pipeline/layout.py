@@ -5,13 +5,19 @@
         config.yaml                     its library part, what `python -m diffusion.train` reads
         data/                           tokenizer.json, {train,valid,test}.pt and .jsonl, prepared.json
         checkpoints/step_NNNNNNN/       written by the trainer, renamed into place when complete
-        heartbeat.json, train_log.jsonl the trainer's progress
+        heartbeat.json, train_log.jsonl the trainer's progress; train.lock, held while a trainer writes here
         samples/step_NNNNNNN/           samples.jsonl (the MBR choice, or the single seed's), samples.seed<S>.jsonl,
                                         progress.json (candidates decoded so far, for status)
         metrics/step_NNNNNNN.json       scores of one checkpoint
         results/                        table.{md,csv,tex,json}, metrics.png
         logs/<stage>[-<task>].log       what each stage and task printed
-        state/<stage>[-<task>].done     completion markers, written last; .failed markers with the error
+        state/<task>.done               completion markers, written last, with the size of every output
+                                        file: a task is done only while its outputs are whole
+        state/<task>.failed             the error of a task that failed
+        state/<task>.lock               held by the one process that runs the task (diffusion.locks)
+        state/<task>.started-<job>      one a job that started the task (its attempts)
+        state/jobs.json, submit.lock    which job carries each task (pipeline.jobs), and the run's lock
+        state/driver.json, cancelled    the local executor's loop; the flag of a cancelled run
 
 Every file is written aside and renamed into place (diffusion.atomic).
 """
@@ -24,7 +30,7 @@ import time
 from pathlib import Path
 
 from diffusion import atomic
-from diffusion.manifest import HEARTBEAT, step_dir_name
+from diffusion.manifest import HEARTBEAT, TRAIN_LOCK, step_dir_name
 
 from .errors import UserError
 
@@ -77,6 +83,10 @@ class RunLayout:
     def heartbeat(self) -> Path:
         return self.dir / HEARTBEAT  # the trainer writes it into its output folder, the run folder
 
+    @property
+    def train_lock(self) -> Path:
+        return self.dir / TRAIN_LOCK  # held by the trainer itself, however it was started
+
     def samples(self, step: int) -> Path:
         return self.dir / "samples" / step_dir_name(step)
 
@@ -98,15 +108,66 @@ class RunLayout:
     def state(self) -> Path:
         return self.dir / "state"
 
+    @property
+    def registry(self) -> Path:
+        return self.state / "jobs.json"
+
+    @property
+    def submit_lock(self) -> Path:
+        return self.state / "submit.lock"
+
+    @property
+    def driver(self) -> Path:
+        return self.state / "driver.json"  # the local executor's loop: its pid and process group
+
+    @property
+    def cancel_flag(self) -> Path:
+        return self.state / "cancelled"
+
+    def task_lock(self, task: str) -> Path:
+        return self.state / f"{task}.lock"
+
     def marker(self, stage: str, step: int | None = None, kind: str = "done") -> Path:
         return self.state / f"{task_name(stage, step)}.{kind}"
 
     def is_done(self, stage: str, step: int | None = None) -> bool:
-        return self.marker(stage, step).is_file()
+        """Its done marker is there and every output it recorded has its size."""
+        return self.marker(stage, step).is_file() and self.damage(stage, step) is None
 
-    def mark_done(self, stage: str, step: int | None = None, **info) -> None:
+    def damage(self, stage: str, step: int | None = None) -> str | None:
+        """What is wrong with a done task's outputs (one missing, or not the size it was written
+        with), or None. Markers written before outputs were recorded are taken as they are."""
+        done = self.read_json(self.marker(stage, step))
+        if done is None:
+            return None
+        for name, size in (done.get("outputs") or {}).items():
+            path = self.dir / name
+            try:
+                found = path.stat().st_size
+            except OSError:
+                return f"its output {path} is missing"
+            if found != size:
+                return f"its output {path} is damaged ({found} bytes, written with {size})"
+        return None
+
+    def mark_done(self, stage: str, step: int | None = None, outputs: list[Path] = (), **info) -> None:
+        """`outputs`: the files (or folders of them) the task leaves for the tasks after it; their
+        sizes are recorded, and the task counts as done only while they have them."""
         self.marker(stage, step, "failed").unlink(missing_ok=True)
-        atomic.write_json(self.marker(stage, step), {"finished": time.time(), **info})
+        atomic.write_json(self.marker(stage, step), {"finished": time.time(), **info,
+                                                     "outputs": self._sizes(outputs)})
+
+    def _sizes(self, outputs: list[Path]) -> dict[str, int]:
+        files = []
+        for path in outputs:
+            files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        # names starting with '.' are writes in progress or set aside (atomic, checkpoints)
+        return {str(p.relative_to(self.dir)): p.stat().st_size for p in files
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.dir).parts)}
+
+    def undo(self, stage: str, step: int | None = None) -> None:
+        """Forget that a task is done (its outputs stay until it writes them again)."""
+        self.marker(stage, step).unlink(missing_ok=True)
 
     def mark_failed(self, stage: str, step: int | None, error: str, retryable: bool = False) -> None:
         """`retryable`: interrupted from outside, so the pipeline may resubmit it by itself."""
@@ -114,16 +175,23 @@ class RunLayout:
                                                                "retryable": retryable, "log": str(self.log(stage, step))})
 
     def failure(self, stage: str, step: int | None = None) -> dict | None:
+        """Why a task failed ({"error", "log", "retryable"}), a done task with damaged outputs
+        included; None when it did not."""
+        damage = self.damage(stage, step) if self.marker(stage, step).is_file() else None
+        if damage:
+            return {"error": f"{damage}; `pipeline retry {self.run_id}` runs it again with what depends on it",
+                    "log": str(self.log(stage, step)), "retryable": False, "damaged": True}
         path = self.marker(stage, step, "failed")
         if not path.is_file():
             return None
         try:
             return json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return {"error": f"unreadable failure marker {path}", "log": str(self.log(stage, step))}
 
     def read_json(self, path: Path) -> dict | None:
         try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):  # not written (yet), or its folder is not one
-            return None
+            found = json.loads(path.read_text())
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+            return None  # not written (yet), its folder is not one, or damaged
+        return found if isinstance(found, dict) else None

@@ -10,7 +10,9 @@ checkpoint folder is complete, while training goes on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from diffusion import locks
 from diffusion.manifest import CheckpointError, verify
 
 from .layout import ARRAY_STAGES, STAGES, RunLayout, task_name
@@ -43,6 +45,37 @@ def prerequisites(task: Task, spec: JobSpec) -> list[Task]:
     if task.stage == "evaluate":
         return [Task("sample", task.step)]
     return [Task("evaluate", step) for step in spec.checkpoint_steps()]
+
+
+def outputs(layout: RunLayout, task: Task, spec: JobSpec) -> list[Path]:
+    """What a task leaves for the tasks after it (files, or folders of them): recorded with its
+    done marker, so that the task counts as done only while they are whole."""
+    return {"preprocess": lambda: [layout.data], "train": lambda: [layout.checkpoint(spec.train.steps)],
+            # the samples, not progress.json (status's, while the task runs)
+            "sample": lambda: sorted(layout.samples(task.step).glob("samples*.jsonl")),
+            "evaluate": lambda: [layout.metrics(task.step)], "aggregate": lambda: [layout.results]}[task.stage]()
+
+
+def dependents(task: Task, spec: JobSpec) -> list[Task]:
+    """The tasks that read what `task` writes, and theirs in turn: what is done again with it.
+    Training's output is its last checkpoint, which only the last step's sampling reads."""
+    if task.stage == "preprocess":
+        return tasks(spec)[1:]
+    direct = {"train": [Task("sample", spec.train.steps)], "sample": [Task("evaluate", task.step)],
+              "evaluate": [Task("aggregate")], "aggregate": []}[task.stage]
+    found = []
+    for after in direct:
+        found += [after] + [t for t in dependents(after, spec) if t not in found]
+    return list(dict.fromkeys(found))
+
+
+def holder(layout: RunLayout, task: Task) -> dict | None:
+    """Who runs the task now, from its lock (the trainer's own lock too, for training), whatever
+    the job registry says; None when nobody does."""
+    found = locks.holder(layout.task_lock(task.name))
+    if found is None and task.stage == "train":
+        found = locks.holder(layout.train_lock)
+    return found
 
 
 def inputs_ready(layout: RunLayout, task: Task, spec: JobSpec) -> bool:

@@ -39,15 +39,16 @@ def load_run_metrics(run_dir: Path) -> list[dict]:
     renames them into place when complete), so they are skipped, never half-read.
     """
     files = [p for p in (Path(run_dir) / "metrics").glob("step_*.json") if p.is_file() and not p.name.startswith(".")]
+    again = f"`pipeline retry {Path(run_dir).name}` evaluates that checkpoint again"
     result = []
     for path in files:
         try:
             m = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ResultsError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ResultsError(f"{path}: damaged, not valid JSON ({getattr(err, 'msg', err)}); {again}") from None
         missing = [k for k in _REQUIRED if not isinstance(m, dict) or k not in m]
         if missing or not isinstance(m["rows"], dict) or not m["rows"]:
-            raise ResultsError(f"{path}: not a metrics file (missing {', '.join(missing) or 'rows'})")
+            raise ResultsError(f"{path}: not a metrics file (missing {', '.join(missing) or 'rows'}); {again}")
         result.append(m)
     return sorted(result, key=lambda m: m["step"])
 
@@ -222,18 +223,40 @@ def plot_metrics(metric_files: list[dict], out_path: Path) -> Path:
 
 # --- console ---
 def render_console(rows: list[dict], width: int | None = 140) -> str:
-    """The table as text, `width` columns at most (None: as wide as it needs)."""
+    """The table as text, `width` columns at most (None: as wide as it needs). The columns that
+    tell the rows apart (model, run) are never cut: where the scores do not fit beside them,
+    they continue in a second table (and a third...) under the first, with the same rows."""
     from rich.console import Console
     from rich.table import Table
 
     run = several_runs(rows)
-    table = Table("Model", *(["Run"] if run else []), *(HEADERS[k] for k in COLUMNS), title="Table 1")
-    for col in table.columns[2 if run else 1:]:
-        col.justify = "right"
-    for r in rows:
-        table.add_row(r["model"], *([r["run"]] if run else []), *(_fmt(k, r[k]) for k in COLUMNS))
-    console = Console(file=io.StringIO(), width=width or 100_000, record=True)
-    console.print(table)
+    every = "+".join(dict.fromkeys(r["run"] for r in rows if r["decoding"] != "copy"))
+    names = ["Model", *(["Run"] if run else [])]
+    # a baseline shared by every run says "all" here (its full list is in the files)
+    cells = [[r["model"], *([("all" if r["run"] == every else r["run"])] if run else [])] for r in rows]
+    scores = [(HEADERS[k], [_fmt(k, r[k]) for r in rows]) for k in COLUMNS]
+
+    def cell_width(header: str, values: list[str]) -> int:
+        return max([len(header), *map(len, values)]) + 3  # padding and the border after it
+
+    fixed = 1 + sum(cell_width(name, [c[i] for c in cells]) for i, name in enumerate(names))
+    groups, room = [[]], (width or 100_000) - fixed
+    for score in scores:
+        if groups[-1] and sum(cell_width(*s) for s in groups[-1]) + cell_width(*score) > room:
+            groups.append([])
+        groups[-1].append(score)
+    # names too long for the terminal even alone: wider lines (the terminal wraps them), never cut names
+    width = max(width or 100_000, fixed + max(sum(cell_width(*s) for s in group) for group in groups))
+    console = Console(file=io.StringIO(), width=width, record=True)
+    for i, group in enumerate(groups):
+        table = Table(title="Table 1" if i == 0 else None)
+        for j, name in enumerate(names):
+            table.add_column(name, no_wrap=True, min_width=cell_width(name, [c[j] for c in cells]) - 3)
+        for header, _ in group:
+            table.add_column(header, justify="right", no_wrap=True)
+        for r, row_cells in enumerate(cells):
+            table.add_row(*row_cells, *(values[r] for _, values in group))
+        console.print(table)
     return console.export_text()
 
 

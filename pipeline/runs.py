@@ -6,7 +6,7 @@ and prints tables; these act on the run folder and the scheduler.
 from __future__ import annotations
 
 import os
-import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,8 +28,9 @@ def submit(spec, root: Path, executor: str | None, wait: bool) -> int:
     from .prefetch import prefetch
     from .stages import write_run_inputs
 
-    check_data(spec)  # the data the jobs will read, before anything is written or queued
     executor = executor or spec.site.executor
+    backend(executor).check_resources(spec)  # what no job of this executor could ever get
+    check_data(spec)  # the data the jobs will read, before anything is written or queued
     layout = RunLayout(root, spec.name)
     frozen = freeze(spec)
     fetched = prefetch(spec, layout.root)  # before anything is written: a spec that cannot run offline is refused whole
@@ -48,7 +49,12 @@ def submit(spec, root: Path, executor: str | None, wait: bool) -> int:
             raise UserError(f"run {spec.name!r} was submitted with the {registry.executor} executor; "
                             f"continue it with --executor {registry.executor}")
         write_run_inputs(layout, spec, frozen)
-        (layout.state / "cancelled").unlink(missing_ok=True)
+        layout.cancel_flag.unlink(missing_ok=True)
+    from .run_index import remember
+
+    problem = remember(layout)  # so that `pipeline status RUN` finds it from anywhere
+    if problem:
+        err_console.print(f"warning: {problem}; the other commands find this run with --root {layout.root}", highlight=False)
     return start(layout, executor, wait)
 
 
@@ -98,33 +104,23 @@ def start_local_loop(layout: RunLayout) -> bool:
             proc = subprocess.Popen([sys.executable, "-m", "pipeline.advance", str(layout.dir), "--loop", "2"],
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=REPO)
-        atomic.write_json(layout.state / "driver.json", {"pid": proc.pid, "pgid": proc.pid, "started": time.time()})
+        atomic.write_json(layout.driver, {"pid": proc.pid, "pgid": proc.pid, "started": time.time()})
     return True
 
 
 def run_in_foreground(layout: RunLayout, executor: str) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from .advance import watch
-    from .status import training_progress
 
     drives_itself = backend(executor).drives_itself
     if drives_itself:  # this process is the run's loop while it follows it
-        atomic.write_json(layout.state / "driver.json", {"pid": os.getpid(), "pgid": os.getpgid(0), "started": time.time()})
-    bars_by_stage = {}
-    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as bars:
-        def on_pass(st):
-            for stage in st["stages"]:
-                done, total, note = stage["done"], stage["total"], stage["state"]
-                if stage["stage"] == "train" and stage["state"] != "done" and (beat := training_progress(layout)):
-                    done, total, note = beat["step"], beat["total_steps"], f"loss {beat['loss']:.4f}"
-                if stage["stage"] not in bars_by_stage:
-                    bars_by_stage[stage["stage"]] = bars.add_task(stage["stage"], total=total, note=note)
-                bars.update(bars_by_stage[stage["stage"]], completed=done, total=total, note=note)
+        atomic.write_json(layout.driver, {"pid": os.getpid(), "pgid": os.getpgid(0), "started": time.time()})
+    from .follow import ProgressBars, ProgressLines
 
+    # bars on a terminal; piped or redirected (a log file, `make demo > log`), a plain line
+    follow = ProgressBars(layout) if console.is_terminal else ProgressLines(layout)
+    with follow:
         try:
-            st = watch(layout, executor, interval=2 if drives_itself else 5, on_pass=on_pass)
+            st = watch(layout, executor, interval=2 if drives_itself else 5, on_pass=follow)
         except KeyboardInterrupt:
             return hand_over(layout, executor)
     if st["state"] != "done":
@@ -139,7 +135,7 @@ def hand_over(layout: RunLayout, executor: str) -> int:
     local executor a background loop takes over from this process."""
     scheduler = backend(executor)
     if scheduler.drives_itself:
-        (layout.state / "driver.json").unlink(missing_ok=True)  # ours: this process is ending
+        layout.driver.unlink(missing_ok=True)  # ours: this process is ending
         start_local_loop(layout)
         where = "in the background on this machine"
     else:
@@ -158,32 +154,55 @@ def print_failures(st: dict) -> None:
 
 
 def advance_and_status(layout: RunLayout) -> dict:
-    """One scheduler query; submits what became ready (not for the local executor, whose own loop does)."""
+    """One scheduler query; submits what became ready (not for the local executor, whose own loop
+    does). A run folder that cannot be written (read-only, full) is reported all the same, with
+    nothing submitted."""
     from .advance import advance
+    from .errors import write_problem
     from .jobs import Registry
     from .status import run_status
 
     executor = Registry(layout).executor or load_frozen(layout.spec).site.executor
-    return run_status(layout, advance(layout, executor, submit=not backend(executor).drives_itself))
+    submit = not backend(executor).drives_itself
+    try:
+        report = advance(layout, executor, submit=submit)
+    except OSError as err:
+        if not submit or write_problem(err) is None:
+            raise
+        report = {**advance(layout, executor, submit=False), "not_submitted": write_problem(err)}
+    st = run_status(layout, report)
+    if report.get("not_submitted"):
+        st["next"] = f"nothing was submitted ({report['not_submitted']}). " + st["next"]
+    return st
 
 
 def retry(layout: RunLayout, wait: bool) -> int:
-    """Forget the failed tasks' failures and jobs, and start the run again from where it is."""
+    """Forget the failed tasks' failures and jobs, and start the run again from where it is; a
+    task whose outputs were damaged is done again with every task that reads them."""
     from .jobs import Registry, clear_attempts, run_lock
+    from .plan import Task, dependents
 
     st = advance_and_status(layout)
+    spec = load_frozen(layout.spec)
     retried = []
     with run_lock(layout):
         registry = Registry(layout)
         for stage in st["stages"]:
             for task in stage["tasks"]:
-                if task["state"] == "failed":
-                    layout.marker(task["stage"], task["step"], "failed").unlink(missing_ok=True)
-                    clear_attempts(layout, task["task"])
-                    registry.forget(task["task"])
-                    retried.append(task["task"])
+                if task["state"] != "failed":
+                    continue
+                again = [Task(task["stage"], task["step"])]
+                if (layout.failure(task["stage"], task["step"]) or {}).get("damaged"):
+                    again += dependents(again[0], spec)
+                for redo in again:
+                    layout.marker(redo.stage, redo.step, "failed").unlink(missing_ok=True)
+                    layout.undo(redo.stage, redo.step)
+                    clear_attempts(layout, redo.name)
+                    registry.forget(redo.name)
+                    retried.append(redo.name)
         registry.save()
-        (layout.state / "cancelled").unlink(missing_ok=True)
+        layout.cancel_flag.unlink(missing_ok=True)
+    retried = list(dict.fromkeys(retried))
     if not retried and st["state"] not in ("cancelled", "stopped"):
         console.print(f"{layout.run_id}: no failed task to retry ({st['state']})")
         return 0
@@ -192,26 +211,43 @@ def retry(layout: RunLayout, wait: bool) -> int:
 
 
 def cancel(layout: RunLayout) -> int:
-    """Flag the run cancelled (nothing submits it any more), stop its loop and its live jobs."""
+    """Flag the run cancelled (nothing submits it, no task is marked done after), then stop its
+    live jobs and, on this machine, every process of the run: its local loop, and any process
+    holding one of its task or trainer locks whatever the registry says."""
     from .backends import is_live
+    from .backends.local import stop_processes
     from .jobs import Registry, run_lock
+    from .plan import holder, tasks
     from .status import local_loop_alive
 
-    with run_lock(layout):  # no advance can submit between the flag and the cancellation
-        atomic.write_json(layout.state / "cancelled", {"time": time.time()})
-        registry = Registry(layout)
-        loop = layout.read_json(layout.state / "driver.json")
-        scheduler = backend(registry.executor) if registry.executor else None
-        if scheduler is None or scheduler.drives_itself:
-            if local_loop_alive(layout):
-                try:
-                    os.killpg(loop["pgid"], signal.SIGTERM)  # the loop and the jobs it started
-                except ProcessLookupError:
-                    pass
-        ids = registry.all_job_ids()
-        states = scheduler.query(ids) if scheduler and ids else {}
-        live = [jid for jid in ids if is_live(states.get(jid, "FINISHED"))]
-        if scheduler and live:
-            scheduler.cancel(live)
-    console.print(f"cancelled {layout.run_id}: {len(live)} job(s) stopped; `pipeline retry {layout.run_id}` continues it")
+    spec = load_frozen(layout.spec)
+    with run_lock(layout):  # no advance submits, and no task marks itself done, from here on
+        atomic.write_json(layout.cancel_flag, {"time": time.time()})
+        try:
+            registry = Registry(layout)
+            ids, executor = registry.all_job_ids(), registry.executor
+        except UserError:  # a damaged registry: the processes are found by their locks below
+            ids, executor = [], None
+    # the signals go out after the lock is let go: a task about to finish takes it, finds the
+    # flag and stops unmarked
+    scheduler = backend(executor or spec.site.executor)
+    states = scheduler.query(ids) if ids else {}
+    live = [jid for jid in ids if is_live(states.get(jid, "FINISHED"))]
+    here = socket.gethostname()
+    holders = [found["pid"] for task in tasks(spec)
+               if (found := holder(layout, task)) and found.get("host") == here and found.get("pid")]
+    loop = layout.read_json(layout.driver) if local_loop_alive(layout) else None
+    stopped = (scheduler.cancel(live) or 0) if live else 0
+    stopped += stop_processes(holders + ([loop["pid"]] if loop else []))  # what is left of them here
+    console.print(f"cancelled {layout.run_id}: {len(live)} job(s) cancelled, {stopped} process(es) stopped on this "
+                  f"machine; `pipeline retry {layout.run_id}` continues it")
     return 0
+
+
+def repair(layout: RunLayout) -> int:
+    """Rebuild a damaged job registry from the jobs' start markers, then go on as `retry` would."""
+    from . import jobs
+
+    data = jobs.repair(layout, load_frozen(layout.spec).site.executor)
+    console.print(f"{layout.registry} rebuilt: {len(data['tasks'])} task(s) with a job that started them")
+    return start(layout, data["executor"], wait=False)

@@ -33,8 +33,8 @@ from typing import Sequence
 import yaml
 
 from diffusion.bertscore_model import DEFAULT_BERTSCORE_MODEL
-from diffusion.config import (Config, ConfigError, DataConfig, DiffusionConfig, ModelConfig, SampleConfig,
-                              TrainConfig, from_dict, to_dict)
+from diffusion.config import (MIN_SEQ_LEN, Config, ConfigError, DataConfig, DiffusionConfig, ModelConfig,
+                              SampleConfig, TrainConfig, from_dict, to_dict)
 from diffusion.manifest import checkpoint_steps
 
 from .backends import NAMES as EXECUTORS  # names only: no scheduler module is imported
@@ -71,7 +71,7 @@ class SiteSpec:
 
     name: str = "local"
     executor: str = "local"  # local | slurm | pjm
-    results_root: str = "runs"  # relative paths are relative to the repo root (the folder holding jobs/)
+    results_root: str = "runs"  # a relative path is taken from the directory `pipeline submit` runs in
     account: str | None = None  # Slurm account / PJM group (-g)
     qos: str | None = None
     partition: str | None = None  # default partition / resource group of every stage
@@ -431,6 +431,8 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), site: str | None 
     """The resolved, validated JobSpec of a spec file (see the module doc)."""
     path = Path(path)
     top = str(path)
+    if path.is_dir():
+        raise SpecError("is a folder, not a job spec (a YAML file such as jobs/qqp_target.yaml)", top)
     if not path.is_file():
         raise SpecError("no such file", top)
     data, origin = _load_with_bases(path)
@@ -495,7 +497,8 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
     at_least("data.synthetic_pairs", 1, optional=True)
     at_least("data.max_train_pairs", 1, optional=True)
     at_least("data.vocab_size", 1)
-    at_least("data.seq_len", 5)  # [CLS] x [SEP] [SEP] [CLS] y [SEP] needs 5 special tokens
+    check(d.seq_len >= MIN_SEQ_LEN, "data.seq_len", f"must be at least {MIN_SEQ_LEN} ([CLS] x [SEP] [SEP] [CLS] y [SEP] "
+          f"with one source and one target token), got {d.seq_len}")
     check(d.target_ratio >= 0, "data.target_ratio", f"must be at least 0, got {d.target_ratio}")
     at_least("data.target_margin", 3)  # [CLS], one token and [SEP]
     check(d.seq_len <= m.max_positions, "data.seq_len",
@@ -563,9 +566,15 @@ def _validate(spec: JobSpec, origin: Origin, top: str) -> None:
     at_least("evaluate.bertscore_batch_size", 1)
 
     for stage in (f.name for f in dataclasses.fields(Resources)):
-        for key, low in (("nodes", 1), ("gpus", 0), ("ranks", 1), ("cpus", 1), ("mem_gb", 1), ("time_min", 1),
+        for key, low in (("gpus", 0), ("ranks", 1), ("cpus", 1), ("mem_gb", 1), ("time_min", 1),
                          ("array_parallelism", 1)):
             at_least(f"resources.{stage}.{key}", low)
+        nodes = getattr(spec.resources, stage).nodes
+        # a job's task runs once per node: N nodes would run it N times on the same run folder
+        check(nodes == 1, f"resources.{stage}.nodes", f"must be 1, got {nodes}: " + (
+            "training across nodes is not supported yet (each node would start its own torchrun on the same run "
+            "folder); train on one node with up to one rank per GPU" if stage == "train" else
+            f"a {stage} task runs on one node, and each further node would run it again"))
 
 
 def _value(spec, key: str):

@@ -10,15 +10,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from diffusion import atomic, manifest
+from diffusion import atomic, locks, manifest
+from diffusion.atomic import refusal
 from diffusion.config import to_dict
 
+from .errors import write_problem
 from .layout import RunLayout, task_name
 from .spec import JobSpec, load_frozen
 
@@ -39,46 +42,122 @@ def layout_of(run_dir: str | Path) -> RunLayout:
     return RunLayout(run_dir.parent, run_dir.name)
 
 
-def current_job_id() -> str | None:
-    """The scheduler's id of the job running this code (None outside a submitit job)."""
+def current_job() -> tuple[str | None, str | None]:
+    """(the scheduler's id of the job running this code, its executor's name); (None, None)
+    outside a submitit job."""
     try:
         import submitit
 
-        return str(submitit.JobEnvironment().job_id)
+        environment = submitit.JobEnvironment()
+        return str(environment.job_id), environment.cluster
     except RuntimeError:
-        return None
+        return None, None
+
+
+class Carried(StageError):
+    """Another process runs this task (or its trainer): this one leaves it, and its markers, alone."""
 
 
 def run_task(run_dir: str, stage: str, step: int | None = None) -> str:
-    """Run one task of a stage unless it is done, or another job now carries it (this one was
-    superseded); its output goes to the task's log file."""
-    from .jobs import Registry, started_marker
-
+    """Run one task of a stage unless it is done, another process runs it (its lock is held), or
+    another job now carries it (this one was superseded); its output goes to the task's log file.
+    Whatever the run's state files say, one process at a time runs a task."""
     layout = layout_of(run_dir)
     if layout.is_done(stage, step):
         return "skipped"
     name = task_name(stage, step)
-    job_id = current_job_id()
+    job_id, executor = current_job()
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(locks.exclusive(layout.task_lock(name), what=f"{name}, job {job_id}"))
+        except locks.LockHeld as err:
+            return _leave(name, job_id, f"run by {locks.describe(err.holder)}")
+        try:
+            return _run_held(layout, stage, step, name, job_id, executor)
+        except Carried as err:
+            return _leave(name, job_id, str(err))
+
+
+def _leave(task: str, job_id: str | None, why: str) -> str:
+    message = f"[pipeline] {task} is {why}; this job ({job_id or 'no scheduler job'}) leaves it alone"
+    print(message, file=sys.stderr, flush=True)  # the job's own log
+    return message
+
+
+def _run_held(layout: RunLayout, stage: str, step: int | None, name: str, job_id: str | None,
+              executor: str | None) -> str:
+    from .jobs import Registry, RegistryDamaged, started_marker
+
+    if layout.is_done(stage, step):  # finished by the process that held the lock before
+        return "skipped"
     if job_id is not None:
-        current = Registry(layout).job_id(name)
+        try:
+            current = Registry(layout).job_id(name)
+        except RegistryDamaged:
+            current = None  # the task's lock keeps it to one process all the same
         if current is not None and current != job_id:
             return f"superseded by job {current}"
-        atomic.write_json(started_marker(layout, name, job_id), {"started": time.time(), "host": os.uname().nodename})
+        atomic.write_json(started_marker(layout, name, job_id), {"started": time.time(), "host": os.uname().nodename,
+                                                                 "job_id": job_id, "executor": executor})
     layout.marker(stage, step, "failed").unlink(missing_ok=True)  # an earlier attempt's; its traceback stays in the log
     spec = load_frozen(layout.spec)
     offline_environment(layout)
     log = layout.log(stage, step)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as log_file, contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
+    with open(log, "a") as log_file, contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file), \
+            stopped_by_sigterm():
         print(f"[pipeline] {name} started on {os.uname().nodename} (job {job_id})", flush=True)
         try:
             info = STAGES[stage](layout, spec, step, log_file)
+        except Carried:
+            raise
         except BaseException as err:
             traceback.print_exc()
-            layout.mark_failed(stage, step, f"{type(err).__name__}: {err}",
-                               retryable=isinstance(err, Interrupted) or isinstance(err, KeyboardInterrupt))
+            record_failure(layout, stage, step, err)
             raise
-    layout.mark_done(stage, step, **(info or {}))
+    return finish(layout, spec, stage, step, info or {})
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm():
+    """SIGTERM (`pipeline cancel`, the scheduler's cancel or time limit) stops the task with
+    Interrupted, which records it as retryable; submitit's own handler would ignore it."""
+    def stop(signum, frame):
+        raise Interrupted("stopped by SIGTERM (cancelled, or the job's time limit); running this task again "
+                          "starts it afresh (training resumes from its last checkpoint)")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def record_failure(layout: RunLayout, stage: str, step: int | None, err: BaseException) -> None:
+    """The failure marker `status` shows: one line, naming a full or read-only disk where that
+    is the cause; on a disk too full for even the marker, the job's log keeps it."""
+    error = write_problem(err) if isinstance(err, OSError) else None
+    if error is None:
+        error = f"{type(err).__name__}: {err}"
+        where = refusal(layout.dir)
+        error = f"{where} ({error})" if where else error
+    try:
+        layout.mark_failed(stage, step, error, retryable=isinstance(err, (Interrupted, KeyboardInterrupt)))
+    except OSError as again:
+        print(f"[pipeline] could not record the failure ({write_problem(again) or again}): {error}", file=sys.__stderr__,
+              flush=True)
+
+
+def finish(layout: RunLayout, spec: JobSpec, stage: str, step: int | None, info: dict) -> str:
+    """The done marker, with the outputs' sizes; never once the run is cancelled (checked under
+    the run's lock, which `pipeline cancel` holds while it flags the run)."""
+    from .jobs import run_lock
+    from .plan import Task, outputs
+
+    with run_lock(layout):
+        if layout.cancel_flag.is_file():
+            return "cancelled before it was marked done"
+        layout.mark_done(stage, step, outputs(layout, Task(stage, step), spec), **info)
     return "done"
 
 
@@ -108,6 +187,8 @@ def preprocess(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
 
 def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
     """Start the trainer: one process, or one rank per GPU (or per `ranks` on CPU) on this node."""
+    from .plan import checkpoint_complete
+
     res = spec.resources.train
     ranks = res.gpus if res.gpus > 0 else res.ranks
     set_aside_corrupt_checkpoints(layout)
@@ -125,14 +206,22 @@ def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
     if res.gpus == 0:
         env.setdefault("OMP_NUM_THREADS", str(max(1, res.cpus // ranks)))
     log.flush()
-    proc = subprocess.run([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode < 0 or proc.returncode in (128 + 2, 128 + 9, 128 + 15):  # stopped or killed by a signal
-        raise Interrupted(f"training was stopped by a signal (exit {proc.returncode}); running this task again "
+    said_from = log.tell()  # this attempt's part of the log, which earlier attempts share
+    returncode = wait_passing_sigterm(subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                                                       env=env))
+    if returncode == manifest.TRAINER_BUSY:
+        raise Carried(f"trained by another trainer ({layout.train_lock}: {locks.describe(locks.holder(layout.train_lock))})")
+    if returncode < 0 or returncode in (128 + 2, 128 + 9, 128 + 15):  # stopped or killed by a signal
+        raise Interrupted(f"training was stopped by a signal (exit {returncode}); running this task again "
                           "resumes it from its last checkpoint")
-    if proc.returncode != 0:
-        raise StageError(f"training exited with code {proc.returncode}; see {layout.log('train')}")
+    if returncode != 0:  # with the trainer's own one-line reason, where it gave one
+        with open(layout.log("train"), errors="replace") as written:
+            written.seek(said_from)
+            said = [line for line in written.read().splitlines() if line.startswith("error: ")]
+        raise StageError(f"training exited with code {returncode}" + (f": {said[-1][len('error: '):]}" if said else "")
+                         + f"; see {layout.log('train')}")
     final = layout.checkpoint(spec.train.steps)
-    if not (final / "meta.json").is_file():
+    if not checkpoint_complete(layout, spec.train.steps):
         if [step for step, _ in manifest.complete_steps(layout.checkpoints)] != steps_before:
             from .jobs import clear_attempts
 
@@ -140,6 +229,16 @@ def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
         raise Interrupted(f"training stopped before step {spec.train.steps} (its time limit); "
                           "the pipeline resubmits it and it resumes from the last checkpoint")
     return {"checkpoint": str(final)}
+
+
+def wait_passing_sigterm(proc: subprocess.Popen) -> int:
+    """The trainer's exit code; a SIGTERM to this job reaches the trainer, which finishes its
+    step and checkpoints before it exits, and is waited for."""
+    while True:
+        try:
+            return proc.wait()
+        except Interrupted:
+            proc.send_signal(signal.SIGTERM)
 
 
 def set_aside_corrupt_checkpoints(layout: RunLayout) -> None:

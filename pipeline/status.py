@@ -13,13 +13,15 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from .jobs import Registry, attempts, started_marker
-from .layout import STAGES, RunLayout
-from .plan import prerequisites, tasks
+from diffusion import locks
+from diffusion.atomic import refusal
+
 from .backends import backend, is_live
 from .backends.local import process_alive
+from .jobs import Registry, attempts, started_marker
+from .layout import STAGES, RunLayout
+from .plan import holder, inputs_ready, prerequisites, tasks
 from .spec import load_frozen
 
 
@@ -55,7 +57,7 @@ def sampling_progress(layout: RunLayout, spec, rows: list[dict]) -> dict:
 
 
 def local_loop_alive(layout: RunLayout) -> bool:
-    loop = layout.read_json(layout.state / "driver.json")
+    loop = layout.read_json(layout.driver)
     return bool(loop) and process_alive(loop["pid"])
 
 
@@ -68,17 +70,23 @@ def run_status(layout: RunLayout, report: dict) -> dict:
     spec = load_frozen(layout.spec)
     registry = Registry(layout)
     states, given_up = report["states"], report.get("given_up", {})
-    cancelled = (layout.state / "cancelled").is_file()
+    cancelled = layout.cancel_flag.is_file()
     scheduler = backend(report["executor"])
     loop_gone = scheduler.drives_itself and not local_loop_alive(layout)
+    every_task = tasks(spec)
+    # a full or read-only disk: the reason of whatever stopped without a word (no room for one)
+    disk = None if all(layout.is_done(t.stage, t.step) for t in every_task) else refusal(layout.dir)
     by_name, failures = {}, []
-    for task in tasks(spec):
+    for task in every_task:
         entry = registry.current(task.name)
         job_state = states.get(entry["job_id"]) if entry else None
         failure = layout.failure(task.stage, task.step)
+        held = None if failure or (job_state and is_live(job_state)) else holder(layout, task)
         reason = ""
         if layout.is_done(task.stage, task.step):
             state = "done"
+        elif held is not None:  # run by a process its job entry does not name (the registry was lost)
+            state, reason = "running", f"run by {locks.describe(held)}, a job the run's registry does not name"
         elif job_state and is_live(job_state):
             # PJM's history query cannot tell queued from running: the job's own start marker can
             running = job_state in ("RUNNING", "COMPLETING") or started_marker(layout, task.name, entry["job_id"]).is_file()
@@ -93,22 +101,25 @@ def run_status(layout: RunLayout, report: dict) -> dict:
                                       f"{job_state or 'unknown'}); `pipeline retry` tries again"})
         elif cancelled:
             state = "cancelled"
+        elif disk and entry and job_state:  # its job ended without a word: the disk had no room for one
+            state = "failed"
+            failures.append({"task": task.name, "log": str(layout.log(task.stage, task.step)),
+                             "error": f"{disk}; its job {entry['job_id']} ended without finishing it"})
         elif any(by_name.get(p.name, {}).get("state") in ("failed", "blocked") for p in prerequisites(task, spec)):
             state, reason = "blocked", "a task it needs failed"
         elif loop_gone:
             state, reason = "stopped", "nothing submits it: the run's local loop is gone"
         elif entry and job_state:  # its job ended without the task's output (killed): submitted again
             state, reason = "queued", f"its job {entry['job_id']} ended without finishing it; it is submitted again"
+        elif inputs_ready(layout, task, spec):
+            state, reason = "waiting-for-resources", scheduler.waiting_reason
         else:
             waiting_for = [p.name for p in prerequisites(task, spec) if by_name.get(p.name, {}).get("state") != "done"]
-            if waiting_for:
-                state, reason = "waiting-for-input", "waits for " + ", ".join(waiting_for)
-            else:
-                state, reason = "waiting-for-resources", scheduler.waiting_reason
+            state, reason = "waiting-for-input", "waits for " + (", ".join(waiting_for) or "its inputs")
         row = {"task": task.name, "stage": task.stage, "step": task.step, "state": state,
                "job": entry["job_id"] if entry else None, "job_state": job_state if state in ("running", "queued") else None,
                "starts": attempts(layout, task.name)}
-        if state not in ("done", "running", "failed", "cancelled"):
+        if reason:
             row["reason"] = reason
         if state in ("running", "failed"):
             row["log"] = str(layout.log(task.stage, task.step))
@@ -138,8 +149,11 @@ def run_status(layout: RunLayout, report: dict) -> dict:
         state = "stopped"
     else:
         state = "queued"  # the next advance submits what is waiting
+    next_step = NEXT_STEP.get(state, "").format(run=layout.run_id)
+    if disk and state in ("failed", "stopped"):
+        next_step = f"{disk}: make room (or mount it writable), then `pipeline retry {layout.run_id}`"
     return {"run": layout.run_id, "state": state, "dir": str(layout.dir), "executor": report.get("executor"),
-            "next": NEXT_STEP.get(state, "").format(run=layout.run_id),
+            "next": next_step, "disk": disk,
             "stages": stages, "failures": failures, "submitted": report.get("submitted", []),
             "scheduler_queries": 1 if report["states"] else 0}
 
@@ -165,12 +179,6 @@ def _stage_state(states: list[str]) -> str:
         if state in states:
             return state
     return "waiting-for-input"
-
-
-def list_runs(root: Path) -> list[RunLayout]:
-    if not root.is_dir():
-        return []
-    return [RunLayout(root, p.name) for p in sorted(root.iterdir()) if (p / "spec.yaml").is_file()]
 
 
 def format_eta(seconds: float | None) -> str:

@@ -8,6 +8,9 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # `datasets` writes Arrow caches; keep them out of the home folder (set before it is imported)
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-datasets-")
+# `pipeline submit` records where each run is (pipeline.run_index): the suite's runs stay out of
+# the user's own index
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="pipeline-state-")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -72,8 +72,14 @@ class Backend:
         """{job id: state} for every id, from one scheduler command."""
         raise NotImplementedError
 
-    def cancel(self, job_ids: list[str]) -> None:
+    def cancel(self, job_ids: list[str]) -> int | None:
+        """Stop the jobs (and every process of theirs); the number of processes stopped where
+        the backend can count them."""
         raise NotImplementedError
+
+    def check_resources(self, spec) -> None:
+        """A UserError, at submit, for resources this scheduler can never give (the scheduler
+        itself judges a cluster's)."""
 
     def has_room(self, spec, task, busy_tasks: list) -> bool:
         """Whether `task` may start beside `busy_tasks` (the scheduler decides, except locally)."""

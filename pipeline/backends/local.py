@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 from pathlib import Path
 
 from .base import Backend
+
+KILL_WAIT_S = 30.0  # between SIGTERM and SIGKILL, as Slurm's default KillWait: time for a checkpoint
 
 
 def process_alive(pid: int) -> bool:
@@ -23,10 +24,74 @@ def process_alive(pid: int) -> bool:
             return False
 
 
+def stop_processes(pids: list[int], grace_s: float = KILL_WAIT_S) -> int:
+    """Stop each process and all its descendants, as a scheduler stops a job: SIGTERM to every
+    one (the trainer checkpoints, a task records that it was stopped), SIGKILL to whatever is
+    left after `grace_s`. A job's processes are not one process group (its shell, submitit's
+    controller, the task, the trainer and its ranks), and submitit's task ignores SIGTERM until
+    the task installs its own handler; signalling the job's first process alone would leave the
+    others running. Returns how many processes were stopped."""
+    import psutil
+
+    found: dict[int, psutil.Process] = {}
+    for pid in pids:
+        try:
+            top = psutil.Process(pid)
+            for proc in [top, *top.children(recursive=True)]:
+                if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE:
+                    found[proc.pid] = proc
+        except psutil.NoSuchProcess:
+            continue
+    procs = list(found.values())
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return len(procs)
+
+
+def visible_gpus() -> int:
+    """The NVIDIA GPUs this machine lets its processes use, without importing torch: those
+    CUDA_VISIBLE_DEVICES names where it is set, else those the driver lists."""
+    import shutil
+    import subprocess
+
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return len([d for d in listed.split(",") if d.strip() and not d.strip().startswith("-")])
+    driver = Path("/proc/driver/nvidia/gpus")
+    if driver.is_dir():
+        return len(list(driver.iterdir()))
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
+        return sum(line.startswith("GPU ") for line in out.splitlines())
+    return 0
+
+
 class Local(Backend):
     name = "local"
     drives_itself = True
     waiting_reason = "inputs ready; waits for free cores on this machine"
+
+    def check_resources(self, spec) -> None:
+        from ..errors import UserError
+        from ..layout import STAGES
+
+        have = visible_gpus()
+        for stage in STAGES:
+            want = getattr(spec.resources, stage).gpus
+            if want > have:
+                raise UserError(f"resources.{stage}.gpus: {want} GPU(s) asked, but this machine has {have} and the "
+                                f"local executor runs every task here; set --set resources.{stage}.gpus={have} "
+                                "(0: the CPU) or submit to a cluster (--site)")
 
     def make_executor(self, folder, site, res, name=""):
         import submitit
@@ -47,11 +112,7 @@ class Local(Backend):
         return {jid: "RUNNING" if process_alive(int(jid)) else "FINISHED" for jid in job_ids}
 
     def cancel(self, job_ids):
-        for jid in job_ids:
-            try:
-                os.kill(int(jid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        return stop_processes([int(jid) for jid in job_ids])
 
     def has_room(self, spec, task, busy_tasks):
         """Cores are this machine's: start a task only when its cpus fit beside the running ones."""
