@@ -65,7 +65,7 @@ def dependents(task: Task, spec: JobSpec) -> list[Task]:
               "evaluate": [Task("aggregate")], "aggregate": []}[task.stage]
     found = []
     for after in direct:
-        found += [after] + [t for t in dependents(after, spec) if t not in found]
+        found += [after, *dependents(after, spec)]
     return list(dict.fromkeys(found))
 
 

@@ -81,12 +81,13 @@ def run_status(layout: RunLayout, report: dict) -> dict:
         entry = registry.current(task.name)
         job_state = states.get(entry["job_id"]) if entry else None
         failure = layout.failure(task.stage, task.step)
-        held = None if failure or (job_state and is_live(job_state)) else holder(layout, task)
+        done = layout.is_done(task.stage, task.step)
+        held = None if done or failure or (job_state and is_live(job_state)) else holder(layout, task)
         reason = ""
-        if layout.is_done(task.stage, task.step):
+        if done:
             state = "done"
         elif held is not None:  # run by a process its job entry does not name (the registry was lost)
-            state, reason = "running", f"run by {locks.describe(held)}, a job the run's registry does not name"
+            state, reason = "running", f"run by {locks.describe(held)}, a process the run's job registry does not name"
         elif job_state and is_live(job_state):
             # PJM's history query cannot tell queued from running: the job's own start marker can
             running = job_state in ("RUNNING", "COMPLETING") or started_marker(layout, task.name, entry["job_id"]).is_file()
