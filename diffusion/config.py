@@ -2,7 +2,10 @@
 
 Every section is a frozen dataclass. `from_dict` builds one from plain data (YAML or JSON) and
 rejects unknown keys, wrong types and missing required fields with an error that names the key
-and lists the valid ones; the pipeline reuses it for job specs and adds file and line.
+and lists the valid ones; then it runs the class's `check()`: each section checks its own values
+(a range, a value another of its keys rules out), and `Config` the rules between sections. The
+pipeline reuses all of it for job specs and adds file and line, so `python -m diffusion.train`
+refuses exactly what `pipeline submit` refuses.
 """
 
 from __future__ import annotations
@@ -17,11 +20,25 @@ from typing import Any, Literal
 
 
 class ConfigError(ValueError):
-    """A config value is missing, unknown or of the wrong type. `key` is its dotted path."""
+    """A config value is missing, unknown, of the wrong type or out of its range. `key` is its
+    dotted path; `missing` says that it was required and not given."""
 
-    def __init__(self, key: str, message: str):
-        self.key = key
+    def __init__(self, key: str, message: str, missing: bool = False):
+        self.key, self.message, self.missing = key, message, missing
         super().__init__(f"{key}: {message}" if key else message)
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """A ConfigError naming `key` unless `ok`."""
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def at_least(section, name: str, low: float, optional: bool = False) -> None:
+    """`section.name` is at least `low` (or None, where `optional`)."""
+    value = getattr(section, name)
+    require((optional and value is None) or (value is not None and value >= low), name,
+            f"must be at least {low}, got {value!r}")
 
 
 # `[CLS] x [SEP] [SEP] [CLS] y [SEP]` with one token of x and one of y: a shorter sequence has no
@@ -50,6 +67,17 @@ class DataConfig:
     target_ratio: float = 1.5  # with target_margin 8, 99 % of QQP's valid targets fit
     target_margin: int = 8
 
+    def check(self) -> None:
+        require(bool(self.train or self.hub_dataset or self.synthetic_pairs), "",
+                "name a source: data.train, data.hub_dataset or data.synthetic_pairs")
+        at_least(self, "synthetic_pairs", 1, optional=True)
+        at_least(self, "max_train_pairs", 1, optional=True)
+        at_least(self, "vocab_size", 1)
+        require(self.seq_len >= MIN_SEQ_LEN, "seq_len", f"must be at least {MIN_SEQ_LEN} ([CLS] x [SEP] [SEP] [CLS] y "
+                f"[SEP] with one source and one target token), got {self.seq_len}")
+        require(self.target_ratio >= 0, "target_ratio", f"must be at least 0, got {self.target_ratio}")
+        at_least(self, "target_margin", 3)  # [CLS], one token and [SEP]
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -75,6 +103,15 @@ class ModelConfig:
     # stream is never normalised, which keeps high learning rates stable
     norm: Literal["post", "pre"] = "post"
 
+    def check(self) -> None:
+        for name in ("embed_dim", "hidden_size", "num_layers", "num_heads", "ffn_size", "time_embed_dim",
+                     "max_positions"):
+            at_least(self, name, 1)
+        at_least(self, "vocab_size", 0)
+        require(self.hidden_size % self.num_heads == 0, "num_heads",
+                f"model.hidden_size ({self.hidden_size}) is not a multiple of num_heads ({self.num_heads})")
+        require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+
 
 @dataclass(frozen=True)
 class DiffusionConfig:
@@ -92,6 +129,13 @@ class DiffusionConfig:
     # full noising); towards 0 the source stays nearly clean, as under target noising, while it is
     # still reconstructed by the loss. Joint sampling needs 1 (it denoises both at one level).
     source_noise: float = 1.0
+
+    def check(self) -> None:
+        at_least(self, "steps", 1)
+        at_least(self, "anchor_loss", 0)
+        require(0 <= self.source_noise <= 1, "source_noise", f"must be in [0, 1], got {self.source_noise}")
+        require(self.source_noise == 1 or self.noising == "full", "source_noise",
+                f"is read by full noising only (diffusion.noising is {self.noising!r})")
 
 
 @dataclass(frozen=True)
@@ -122,6 +166,23 @@ class TrainConfig:
     # speed options, GPU only (the CPU path stays eager fp32 AdamW, as the tests check it bit for bit):
     fused_optimizer: bool = True  # torch AdamW(fused=True): one kernel for all parameters
     compile: bool = True  # torch.compile the loss (denoiser + decoder NLL); not under ZeRO-3, whose hooks it breaks
+
+    def check(self) -> None:
+        for name in ("steps", "batch_size", "micro_batch_size", "log_every"):
+            at_least(self, name, 1)
+        require(self.batch_size % self.micro_batch_size == 0, "batch_size",
+                f"{self.batch_size} is not a multiple of train.micro_batch_size ({self.micro_batch_size})")
+        require(1 <= self.save_every <= self.steps, "save_every",
+                f"must be between 1 and train.steps ({self.steps}), got {self.save_every}")
+        require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        require(0 <= self.ema_rate <= 1, "ema_rate", f"must be in [0, 1], got {self.ema_rate}")
+        require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+        at_least(self, "weight_decay", 0)
+        require(0 < self.adam_beta2 < 1, "adam_beta2", f"must be in (0, 1), got {self.adam_beta2}")
+        at_least(self, "grad_clip", 0)
+        at_least(self, "warmup_steps", 0)
+        require(self.time_limit_s is None or self.time_limit_s > 0, "time_limit_s",
+                f"must be positive, got {self.time_limit_s}")
 
 
 Solver = Literal["ddpm", "ddim", "dpm++2m"]  # how reverse diffusion moves z (diffusion/sampling.py)
@@ -167,6 +228,24 @@ class SampleConfig:
     # epilogue, tanh-approximated GELU); false keeps the exact GELU as a separate kernel
     gelu_epilogue: bool = True
 
+    def check(self) -> None:
+        at_least(self, "steps", 1, optional=True)
+        at_least(self, "clamp_step", 0)
+        require(0 <= self.eta <= 1, "eta", f"must be in [0, 1], got {self.eta}")
+        require(self.eta == 0 or self.solver == "ddim", "eta", f"is read by the ddim solver only, not {self.solver!r}")
+        at_least(self, "batch_size", 1)
+        at_least(self, "pad_penalty", 0)
+        at_least(self, "min_target_tokens", 0)
+        require(not self.min_target_tokens or self.rounding != "soft", "min_target_tokens",
+                "needs a rounding that picks tokens (l2 or logits), not soft")
+        require(self.soft_temperature > 0, "soft_temperature", f"must be positive, got {self.soft_temperature}")
+        require(self.soft_temperature == 1 or self.rounding == "soft", "soft_temperature",
+                f"is read by rounding soft only (sample.rounding is {self.rounding!r})")
+        require(self.use_ema, "use_ema", "false is not supported: a checkpoint exports only its EMA weights for sampling "
+                "(the raw ones stay in the DeepSpeed state)")
+        at_least(self, "max_examples", 1, optional=True)
+        require(len(self.seeds) > 0, "seeds", "needs at least one seed")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -175,6 +254,23 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def check(self) -> None:
+        """The rules between sections (each section has checked its own values)."""
+        d, s = self.data, self.sample
+        require(d.seq_len <= self.model.max_positions, "data.seq_len",
+                f"{d.seq_len} is longer than model.max_positions ({self.model.max_positions})")
+        require(s.solver == "ddpm" or (s.steps or self.diffusion.steps) >= 2, "sample.steps",
+                f"{s.solver} needs at least 2 steps")
+        # a trimmed target has target_margin positions at least: [CLS], the tokens, [SEP]
+        require(not d.trim or s.min_target_tokens <= d.target_margin - 2, "sample.min_target_tokens",
+                f"{s.min_target_tokens} do not fit a trimmed target of data.target_margin {d.target_margin} "
+                "positions with its [CLS] and [SEP]")
+        require(self.diffusion.source_noise == 1 or s.full_mode == "conditional", "diffusion.source_noise",
+                f"{self.diffusion.source_noise} needs sample.full_mode conditional: joint sampling denoises source and "
+                "target at one level")
+        require(not self.model.width_mask or d.trim, "model.width_mask",
+                "needs data.trim: untrimmed, every sequence is seq_len wide and there is no padding past it to mask")
 
 
 def _type_name(tp: Any) -> str:
@@ -248,8 +344,25 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
         if name in data:
             kwargs[name] = _convert(hints[name], data[name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(key, "required key is missing")
-    return cls(**kwargs)
+            raise ConfigError(key, "required key is missing", missing=True)
+        elif dataclasses.is_dataclass(hints[name]):  # a section left out: its defaults, checked all the same
+            kwargs[name] = checked(f.default_factory(), key)
+    return checked(cls(**kwargs), prefix, nested=False)
+
+
+def checked(section: Any, prefix: str = "", nested: bool = True) -> Any:
+    """`section` after its `check()` (and, with `nested`, its sub-sections' first), keys named
+    from the top of the tree."""
+    for f in dataclasses.fields(section) if nested else ():
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            checked(value, ".".join(part for part in (prefix, f.name) if part))
+    if hasattr(section, "check"):
+        try:
+            section.check()
+        except ConfigError as err:  # its keys are the section's own
+            raise ConfigError(".".join(part for part in (prefix, err.key) if part), err.message) from None
+    return section
 
 
 def to_dict(cfg: Any) -> dict:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from . import atomic
-from .config import DataConfig, to_dict
+from .config import DataConfig, checked, to_dict
 from .corpus import make_pairs
 from .data import SPECIAL_TOKENS, DataError, encode_pairs, target_budget, load_pairs, save_encoded, save_tokenizer, train_tokenizer
 from .pairs import load_hub_qqp
@@ -33,8 +33,6 @@ def read_splits(cfg: DataConfig) -> dict[str, list[dict]]:
         path = getattr(cfg, name)
         if path:
             splits[name] = load_pairs(path)
-    if "train" not in splits:
-        raise ValueError("data: none of data.train, data.hub_dataset, data.synthetic_pairs is set; nothing to train on")
     if cfg.max_train_pairs is not None:
         splits["train"] = splits["train"][: cfg.max_train_pairs]
     return splits
@@ -46,7 +44,7 @@ def prepare(cfg: DataConfig, data_dir: str | Path) -> dict:
     done = data_dir / "prepared.json"
     if done.is_file():
         return json.loads(done.read_text())
-    splits = read_splits(cfg)
+    splits = read_splits(checked(cfg, "data"))  # a source is named, the lengths fit (DataConfig.check)
     if not splits["train"]:
         raise DataError(f"data: the train split ({cfg.train or cfg.hub_dataset or 'synthetic'}) has no pairs")
     texts = [text for pair in splits["train"] for text in (pair["src"], pair["trg"])]

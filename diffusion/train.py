@@ -48,9 +48,7 @@ def trainer_clips(cfg: Config) -> bool:
 
 
 def deepspeed_config(cfg: Config, world_size: int) -> dict:
-    t = cfg.train
-    if t.batch_size % t.micro_batch_size:
-        raise ConfigError("train.batch_size", f"{t.batch_size} is not a multiple of micro_batch_size {t.micro_batch_size}")
+    t = cfg.train  # checked: batch_size is a multiple of micro_batch_size (TrainConfig.check)
     accumulation = t.batch_size // t.micro_batch_size
     return {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,

@@ -20,12 +20,11 @@ def spec_keys(cls, prefix=""):
 
 def code_reading_keys() -> str:
     """The library's and the pipeline's code, less the dataclass fields that declare the keys and
-    the spec's validation (which checks values, it does not use them)."""
+    the sections' `check()` methods (which check values, they do not use them)."""
     text = []
     for path in sorted([*(REPO / "pipeline").rglob("*.py"), *(REPO / "diffusion").rglob("*.py")]):
         source = path.read_text()
-        if path.name == "spec.py":
-            source = re.sub(r"\ndef _validate\(.*?(?=\ndef )", "\n", source, flags=re.S)
+        source = re.sub(r"\n    def check\(self\).*?(?=\n    def |\n\S|\Z)", "\n", source, flags=re.S)
         source = re.sub(r"^    \w+: [^=\n]+= .*$", "", source, flags=re.M)  # field declarations
         text.append(source)
     return "\n".join(text)

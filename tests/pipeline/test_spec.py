@@ -8,7 +8,8 @@ import pytest
 
 from diffusion.config import to_dict
 from diffusion.manifest import checkpoint_steps
-from pipeline.spec import REPO, SITES_DIR, SpecError, freeze, load_frozen, load_spec
+from pipeline.sites import SITES_DIR
+from pipeline.spec import REPO, SpecError, freeze, load_frozen, load_spec
 
 JOBS = REPO / "jobs"
 
@@ -170,7 +171,7 @@ def test_unknown_site_and_bad_site_files(tmp_path, monkeypatch):
     # errors inside a site file name that file and line
     sites = tmp_path / "sites"
     sites.mkdir()
-    monkeypatch.setattr("pipeline.spec.SITES_DIR", sites)
+    monkeypatch.setattr("pipeline.sites.SITES_DIR", sites)
     write(sites, "typo.yaml", "executor: slurm\ndefaults:\n  resources:\n    train: {gpu: 4}\n")
     err = error_of(write(tmp_path, "u.yaml", GOOD + "site: typo\n"))
     assert (err.file, err.line, err.key) == (str(sites / "typo.yaml"), 4, "resources.train.gpu")
