@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 # install torch yourself first and the venv keeps it.
 TORCH  ?= torch==2.13.0
 
-.PHONY: env test demo clean
+.PHONY: env test test-fast demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: env
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    bash env/local-slurm.sh up || echo "local Slurm did not come up: its tests will be skipped" >&2; fi
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+
+# the unit tier: no CLI, trainer, job or Slurm started (under 2 minutes on 2 cores); `make test` is all
+test-fast: env
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not integration and not slurm and not slow"
 
 # the demo pair (target and full noising) on the local executor, then their combined table
 demo: env

@@ -23,7 +23,8 @@ import torch
 from . import atomic
 from .distributed import barrier
 # what a complete checkpoint is, readable without torch (the login-node commands check it)
-from .manifest import STEP_DIR, CheckpointError, complete_steps, file_sizes, latest, step_dir_name, verify  # noqa: F401
+from .manifest import (DEEPSPEED_TAG, EXPORTED_MODEL, MANIFEST, TOKENIZER, CheckpointError, complete_steps,  # noqa: F401
+                       file_sizes, latest, partial_dir_name, rank_file, step_dir_name, verify)
 
 
 def save(
@@ -39,7 +40,7 @@ def save(
     """Collective: every rank calls it. `write_main_files(folder)` runs on rank 0 only."""
     root = Path(root)
     final = root / step_dir_name(step)
-    partial = root / f".{step_dir_name(step)}.partial"
+    partial = root / partial_dir_name(step)
     if rank == 0:
         if partial.exists():
             shutil.rmtree(partial)
@@ -47,13 +48,13 @@ def save(
     barrier()
     if not final.exists():
         try:
-            engine.save_checkpoint(str(partial), tag="ds", client_state={"step": step})
-            atomic.torch_save(rank_state, partial / f"rank_{rank:05d}.pt")
+            engine.save_checkpoint(str(partial), tag=DEEPSPEED_TAG, client_state={"step": step})
+            atomic.torch_save(rank_state, partial / rank_file(rank))
             barrier()  # every rank's files are in place before rank 0 lists them into the manifest
             if rank == 0:
                 write_main_files(partial)
                 meta = {"step": step, "world_size": world_size, "files": file_sizes(partial), **(extra_meta or {})}
-                atomic.write_json(partial / "meta.json", meta)
+                atomic.write_json(partial / MANIFEST, meta)
             barrier()
         except Exception as err:
             # a full or read-only disk said as such (torch's own error does not), and the room the
@@ -73,7 +74,7 @@ def save(
 
 
 def load_rank_state(folder: Path, rank: int) -> dict[str, Any]:
-    path = Path(folder) / f"rank_{rank:05d}.pt"
+    path = Path(folder) / rank_file(rank)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (was the checkpoint written by a different number of ranks?)")
     return torch.load(path, map_location="cpu", weights_only=False)
@@ -87,8 +88,8 @@ def load_exported(folder: Path, device: str | torch.device = "cpu"):
 
     folder = Path(folder)
     verify(folder)
-    payload = torch.load(folder / "model.pt", map_location="cpu", weights_only=False)
+    payload = torch.load(folder / EXPORTED_MODEL, map_location="cpu", weights_only=False)
     cfg = from_dict(Config, payload["config"])
     denoiser = Denoiser(cfg.model)
     denoiser.load_state_dict(payload["state_dict"])
-    return cfg, denoiser.to(device).eval(), load_tokenizer(folder / "tokenizer.json")
+    return cfg, denoiser.to(device).eval(), load_tokenizer(folder / TOKENIZER)

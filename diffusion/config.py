@@ -113,12 +113,21 @@ class ModelConfig:
         require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
 
 
+# the names of the registries' entries: noising.NOISING, solvers.SOLVERS, rounding.ROUNDINGS,
+# schedule.SCHEDULES, timesteps.TIMESTEP_SAMPLERS (each checks that it has a class a name)
+NoisingName = Literal["target", "full"]
+SolverName = Literal["ddpm", "ddim", "dpm++2m"]
+RoundingName = Literal["l2", "logits", "soft"]
+ScheduleName = Literal["sqrt", "linear", "cosine"]
+TimestepSamplerName = Literal["lossaware", "uniform"]
+
+
 @dataclass(frozen=True)
 class DiffusionConfig:
     steps: int = 2000
-    schedule: Literal["sqrt", "linear", "cosine"] = "sqrt"
-    noising: Literal["target", "full"] = "target"
-    timestep_sampler: Literal["lossaware", "uniform"] = "lossaware"
+    schedule: ScheduleName = "sqrt"
+    noising: NoisingName = "target"
+    timestep_sampler: TimestepSamplerName = "lossaware"
     rescale_timesteps: bool = True  # model sees t * 1000 / T, as DiffuSeq
     # weight of the anchor loss: cross-entropy of lm_head(predicted z_0) against the tokens at the
     # noised positions (Difformer); 0 leaves DiffuSeq's loss, which only logs it
@@ -134,8 +143,6 @@ class DiffusionConfig:
         at_least(self, "steps", 1)
         at_least(self, "anchor_loss", 0)
         require(0 <= self.source_noise <= 1, "source_noise", f"must be in [0, 1], got {self.source_noise}")
-        require(self.source_noise == 1 or self.noising == "full", "source_noise",
-                f"is read by full noising only (diffusion.noising is {self.noising!r})")
 
 
 @dataclass(frozen=True)
@@ -185,15 +192,12 @@ class TrainConfig:
                 f"must be positive, got {self.time_limit_s}")
 
 
-Solver = Literal["ddpm", "ddim", "dpm++2m"]  # how reverse diffusion moves z (diffusion/sampling.py)
-
-
 @dataclass(frozen=True)
 class SampleConfig:
     steps: int | None = None  # None: all T steps; fewer respaces the schedule (time-uniform)
     # how z moves from one step to the next: DiffuSeq's ancestral DDPM, DDIM, or DPM-Solver++(2M),
     # the last two made for few steps (DiffuSeq-v2: 10-20 DPM-Solver++ steps ~ 2000 DDPM steps)
-    solver: Solver = "ddpm"
+    solver: SolverName = "ddpm"
     eta: float = 0.0  # ddim only: the share of the posterior's noise added back at each step
     clamp_step: int = 0  # round x0 to the nearest embedding at every step t >= clamp_step
     # how x0 is rounded to a token: the nearest embedding in L2 (DiffuSeq), or the decoder's choice,
@@ -204,7 +208,7 @@ class SampleConfig:
     # soft_temperature)_v e_v: a blurry x0 stays a blend of its likely tokens instead of committing
     # to one (committed early, adjacent positions often take the same word), a sharp one lands on
     # its token (CDCD's score interpolation, applied to DiffuSeq's x0 estimate)
-    rounding: Literal["l2", "logits", "soft"] = "l2"
+    rounding: RoundingName = "l2"
     soft_temperature: float = 1.0  # rounding soft only
     # lowers PAD's score by this much (in logits) wherever a token is chosen: at each rounding and
     # in the read-out. A blurry x0 at high noise often makes PAD the likeliest token of a position,
@@ -232,15 +236,10 @@ class SampleConfig:
         at_least(self, "steps", 1, optional=True)
         at_least(self, "clamp_step", 0)
         require(0 <= self.eta <= 1, "eta", f"must be in [0, 1], got {self.eta}")
-        require(self.eta == 0 or self.solver == "ddim", "eta", f"is read by the ddim solver only, not {self.solver!r}")
         at_least(self, "batch_size", 1)
         at_least(self, "pad_penalty", 0)
         at_least(self, "min_target_tokens", 0)
-        require(not self.min_target_tokens or self.rounding != "soft", "min_target_tokens",
-                "needs a rounding that picks tokens (l2 or logits), not soft")
         require(self.soft_temperature > 0, "soft_temperature", f"must be positive, got {self.soft_temperature}")
-        require(self.soft_temperature == 1 or self.rounding == "soft", "soft_temperature",
-                f"is read by rounding soft only (sample.rounding is {self.rounding!r})")
         require(self.use_ema, "use_ema", "false is not supported: a checkpoint exports only its EMA weights for sampling "
                 "(the raw ones stay in the DeepSpeed state)")
         at_least(self, "max_examples", 1, optional=True)
@@ -256,21 +255,23 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def check(self) -> None:
-        """The rules between sections (each section has checked its own values)."""
+        """The rules between sections (each section has checked its own values), the chosen noising
+        mode's, solver's and rounding's among them (which keys each reads)."""
+        from .noising import NOISING
+        from .rounding import ROUNDINGS
+        from .solvers import SOLVERS
+
         d, s = self.data, self.sample
         require(d.seq_len <= self.model.max_positions, "data.seq_len",
                 f"{d.seq_len} is longer than model.max_positions ({self.model.max_positions})")
-        require(s.solver == "ddpm" or (s.steps or self.diffusion.steps) >= 2, "sample.steps",
-                f"{s.solver} needs at least 2 steps")
         # a trimmed target has target_margin positions at least: [CLS], the tokens, [SEP]
         require(not d.trim or s.min_target_tokens <= d.target_margin - 2, "sample.min_target_tokens",
                 f"{s.min_target_tokens} do not fit a trimmed target of data.target_margin {d.target_margin} "
                 "positions with its [CLS] and [SEP]")
-        require(self.diffusion.source_noise == 1 or s.full_mode == "conditional", "diffusion.source_noise",
-                f"{self.diffusion.source_noise} needs sample.full_mode conditional: joint sampling denoises source and "
-                "target at one level")
         require(not self.model.width_mask or d.trim, "model.width_mask",
                 "needs data.trim: untrimmed, every sequence is seq_len wide and there is no padding past it to mask")
+        for chosen in (NOISING[self.diffusion.noising], SOLVERS[s.solver], ROUNDINGS[s.rounding]):
+            chosen.check(self)
 
 
 def _type_name(tp: Any) -> str:

@@ -64,7 +64,7 @@ def denoise_once(denoiser, schedule: Schedule, cfg, ids, mask, step: int, genera
 
     t = torch.full((ids.shape[0],), step, device=ids.device, dtype=torch.long)
     # the training objective's own noising, with the diagnosis's seeded noise
-    objective = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising, source_noise=cfg.diffusion.source_noise)
+    objective = DiffusionObjective(denoiser, schedule, cfg.diffusion)
     _, _, z_t = objective.noised(ids, mask, t, randn_like)
     model_t = schedule.model_timesteps(t, cfg.diffusion.rescale_timesteps)
     width = {"within_width": within_width(mask, cfg.data)} if cfg.model.width_mask else {}

@@ -1,9 +1,5 @@
-"""DiffuSeq's training objective, for both noising modes.
-
-`target` (DiffuSeq's partial noising): only the target part of the sequence is noised; source
-positions of z_t stay the clean z_0 and act as the condition. `full` (dual noising): source and
-target are both noised (the source with `source_noise` of the target's noise variance: 1, the
-same level, unless the config says otherwise). In both, the loss covers every position:
+"""DiffuSeq's training objective, for every noising mode (noising.py says what each does to the
+source positions of z_t). In all, the loss covers every position:
 
     loss = mse(z_0, f(z_t, t))  (at t = 0 against the embedding itself)
          + decoder_nll          (cross-entropy of lm_head(z_0): keeps embeddings decodable)
@@ -26,7 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import DiffusionConfig
 from .model import Denoiser
+from .noising import noising_mode
 from .schedule import Schedule
 
 
@@ -43,11 +41,6 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum(dim=tuple(range(1, x.ndim))) / (valid.float().sum(-1) * per_position).clamp_min(1)
 
 
-def keep_source(z_t: torch.Tensor, z_source: torch.Tensor, input_mask: torch.Tensor) -> torch.Tensor:
-    """z_t with the source positions (mask 0) replaced by z_source."""
-    return torch.where(input_mask[..., None] == 0, z_source, z_t)
-
-
 # Inductor options for the compiled loss. fallback_random: dropout masks come from torch's own
 # (Philox4x32, four numbers a call) generator instead of Inductor's in-kernel one, which drew one
 # number a call and made each fused LayerNorm-dropout kernel compute-bound.
@@ -57,18 +50,15 @@ COMPILE_OPTIONS = {"fallback_random": True}
 class DiffusionObjective(nn.Module):
     """The module DeepSpeed trains: denoiser + loss. forward() returns the per-sequence loss terms."""
 
-    def __init__(self, denoiser: Denoiser, schedule: Schedule, noising: str, rescale_timesteps: bool = True,
-                 autocast_dtype: torch.dtype | None = None, compile: bool = False, anchor_loss: float = 0.0,
-                 dynamic_length: bool = False, source_noise: float = 1.0, within_width=None):
+    def __init__(self, denoiser: Denoiser, schedule: Schedule, diffusion: DiffusionConfig,
+                 autocast_dtype: torch.dtype | None = None, compile: bool = False, dynamic_length: bool = False,
+                 within_width=None):
         super().__init__()
-        if noising not in ("target", "full"):
-            raise ValueError(f"unknown noising mode {noising!r}; choose target or full")
         self.denoiser = denoiser
         self.schedule = schedule
-        self.noising = noising
-        self.rescale_timesteps = rescale_timesteps
-        self.anchor_loss = anchor_loss
-        self.source_noise = source_noise  # full noising: the source's share of the target's noise variance
+        self.noising = noising_mode(diffusion)
+        self.rescale_timesteps = diffusion.rescale_timesteps
+        self.anchor_loss = diffusion.anchor_loss
         self.dynamic_length = dynamic_length  # trimmed batches: one compiled graph for every width
         self.within_width = within_width  # input_mask -> (B, L) bool of each sequence's own positions, or None
         # autocast is entered here, inside the module: DeepSpeed's engine.forward turns off an
@@ -87,11 +77,7 @@ class DiffusionObjective(nn.Module):
         zeros = torch.zeros_like(t)
         z_0 = emb + s.gather("sqrt_one_minus_alphas_cumprod", zeros, emb.ndim) * randn_like(emb)
         noise = randn_like(z_0)
-        z_t = s.q_sample(z_0, t, noise)
-        if self.noising == "target":
-            z_t = keep_source(z_t, z_0, input_mask)
-        elif self.source_noise != 1:
-            z_t = keep_source(z_t, s.q_sample_share(z_0, t, noise, self.source_noise), input_mask)
+        z_t = self.noising.training_z_t(s, z_0, s.q_sample(z_0, t, noise), t, noise, input_mask)
         return emb, z_0, z_t
 
     def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -132,7 +118,7 @@ class DiffusionObjective(nn.Module):
         nll = mean(nll.view(input_ids.shape))
         terms = {"loss": mse + nll + t_T, "mse": mse, "nll": nll, "tT": t_T}
         if self.anchor_loss > 0:
-            noised = input_mask.float() if self.noising == "target" else torch.ones_like(input_mask, dtype=torch.float32)
+            noised = torch.ones_like(input_mask, dtype=torch.float32) if self.noising.noises_source else input_mask.float()
             if valid is not None:
                 noised = noised * valid
             anchor_logits = self.denoiser.logits(predicted_z_0).flatten(0, 1).float()

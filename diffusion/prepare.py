@@ -17,6 +17,7 @@ from . import atomic
 from .config import DataConfig, checked, to_dict
 from .corpus import make_pairs
 from .data import SPECIAL_TOKENS, DataError, encode_pairs, target_budget, load_pairs, save_encoded, save_tokenizer, train_tokenizer
+from .manifest import TOKENIZER
 from .pairs import load_hub_qqp
 
 SPLITS = ("train", "valid", "test")
@@ -51,7 +52,7 @@ def prepare(cfg: DataConfig, data_dir: str | Path) -> dict:
     tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.lowercase)
     if tokenizer.get_vocab_size() <= len(SPECIAL_TOKENS):
         raise DataError(f"data: the train split gives a vocabulary of special tokens only ({tokenizer.get_vocab_size()})")
-    save_tokenizer(tokenizer, data_dir / "tokenizer.json")
+    save_tokenizer(tokenizer, data_dir / TOKENIZER)
     counts = {}
     for name, pairs in splits.items():
         input_ids, input_mask = encode_pairs(tokenizer, pairs, cfg.seq_len, target_budget(cfg))

@@ -1,11 +1,13 @@
 """Sampling a checkpoint: k seeds give k candidates per source; MBR picks one when k > 1.
 
-    python -m diffusion.sample CHECKPOINT SPLIT OUT [--seeds 101,102,...] [--steps N] [--batch-size B]
+    python -m diffusion.sample CHECKPOINT SPLIT OUT [--set sample.KEY=VALUE ...] [--cpu]
 
 CHECKPOINT is a `step_NNNNNNN` folder (its EMA weights, config and tokenizer are used), SPLIT a
 DiffuSeq-format jsonl of pairs. OUT gets one `{"src", "ref", "hyp"}` line per pair: the MBR
 choice among the seeds' candidates, or the single candidate. With several seeds, each seed's
-candidates also go to OUT's folder as `<stem>.seed<S>.jsonl`.
+candidates also go to OUT's folder as `<stem>.seed<S>.jsonl`. `--set` changes a key of the
+checkpoint's sample section, as `pipeline submit --set` does (value read as YAML: 20, [1, 2],
+dpm++2m), checked by the same rules.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import torch
 
 from . import atomic
 from .checkpoint import CheckpointError, load_exported
-from .config import ConfigError, SampleConfig
+from .config import ConfigError, SampleConfig, checked, from_dict, to_dict
 from .data import (DataError, batch_width, decode, width_batches, encode_pairs, load_pairs, sequence_widths, split_sequence,
                    target_budget, within_width)
+from .manifest import seed_samples
 from .metrics import mbr_select
-from .sampling import ROUNDINGS, SOLVERS, sample_tokens
+from .sampling import sample_tokens
 from .schedule import Schedule
 
 
@@ -67,12 +70,7 @@ def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int]
             inside = within_width(mask, cfg.data).repeat(len(group), 1) if cfg.model.width_mask else None
             with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext():
                 tokens = sample_tokens(denoiser, schedule, ids.repeat(len(group), 1), mask.repeat(len(group), 1),
-                                       cfg.diffusion.noising, sample_cfg.full_mode, sample_cfg.clamp_step,
-                                       sample_cfg.rounding, sample_cfg.solver, sample_cfg.eta, sample_cfg.pad_penalty,
-                                       cfg.diffusion.source_noise, [generators[i] for i in group],
-                                       cfg.diffusion.rescale_timesteps, within_width=inside,
-                                       soft_temperature=sample_cfg.soft_temperature,
-                                       min_target_tokens=sample_cfg.min_target_tokens)
+                                       replace(cfg, sample=sample_cfg), [generators[i] for i in group], inside)
             for seed_index, seed_tokens in zip(group, tokens.cpu().split(len(batch))):
                 for index, row_mask, row_tokens in zip(indices, row_masks, seed_tokens):
                     hypotheses[seed_index][index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])
@@ -107,12 +105,14 @@ def ready_for_sampling(denoiser, sample_cfg: SampleConfig, device: torch.device)
 
 def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None, cpu: bool = False,
         progress: Callable[[int, int], None] | None = None) -> dict:
-    """Sample `split` with the checkpoint; `overrides` replace fields of the checkpoint's sample config.
+    """Sample `split` with the checkpoint; `overrides` ({key: value}, as a config file writes them)
+    replace keys of the checkpoint's sample section, under the config's rules.
 
     `progress(decoded, total)` is called after every batch, counting candidates over all seeds."""
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
     cfg, denoiser, tokenizer = load_exported(checkpoint, device)
-    sample_cfg = replace(cfg.sample, **(overrides or {}))
+    sample_cfg = from_dict(SampleConfig, {**to_dict(cfg.sample), **(overrides or {})}, "sample")
+    checked(replace(cfg, sample=sample_cfg), nested=False)
     denoiser = ready_for_sampling(denoiser, sample_cfg, device)
     pairs = load_pairs(split, sample_cfg.max_examples)
     out = Path(out)
@@ -120,7 +120,7 @@ def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None,
     per_seed = generate_seeds(denoiser, cfg, tokenizer, pairs, list(sample_cfg.seeds), sample_cfg, device, progress)
     if len(per_seed) > 1:
         for seed, rows in zip(sample_cfg.seeds, per_seed):
-            atomic.write_jsonl(out.with_name(f"{out.stem}.seed{seed}.jsonl"), rows)
+            atomic.write_jsonl(seed_samples(out, seed), rows)
     final = select_mbr(per_seed) if len(per_seed) > 1 else per_seed[0]
     atomic.write_jsonl(out, final)
     seconds = time.monotonic() - started
@@ -128,39 +128,33 @@ def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None,
             "sentences_per_s": len(pairs) * len(per_seed) / max(seconds, 1e-9)}
 
 
+def parse_sets(items: list[str]) -> dict:
+    """{key: value} of `--set sample.KEY=VALUE` items, values read as YAML."""
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.startswith("sample.") or "." in key[len("sample."):]:
+            raise ConfigError("", f"--set {item!r}: expected sample.KEY=VALUE (e.g. sample.steps=20)")
+        try:
+            overrides[key[len("sample."):]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(key, f"value {raw!r} is not valid YAML ({err})") from None
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffusion.sample", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("split", type=Path, help="jsonl of {src, trg} pairs")
     parser.add_argument("out", type=Path, help="output jsonl of {src, ref, hyp}")
-    parser.add_argument("--seeds", help="comma-separated seeds, one candidate each (default: the config's)")
-    parser.add_argument("--steps", type=int, help="respaced number of reverse steps (default: all T)")
-    parser.add_argument("--solver", choices=SOLVERS)
-    parser.add_argument("--eta", type=float, help="ddim: share of the posterior noise (0: deterministic)")
-    parser.add_argument("--clamp-step", type=int)
-    parser.add_argument("--rounding", choices=ROUNDINGS,
-                        help="round x0 to the nearest embedding, the logits' argmax, or the decoder's expected embedding")
-    parser.add_argument("--soft-temperature", type=float, help="rounding soft: the softmax's temperature")
-    parser.add_argument("--pad-penalty", type=float, help="lower PAD's score by this much (logits) when choosing tokens")
-    parser.add_argument("--min-target-tokens", type=int, help="the first N target positions take text tokens only")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--max-examples", type=int)
-    parser.add_argument("--full-mode", choices=["conditional", "joint"])
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the denoiser (GPU)")
-    parser.add_argument("--weights", choices=["bf16", "fp32"], help="GPU: bf16 weights, or fp32 under bf16 autocast")
+    parser.add_argument("--set", action="append", default=[], metavar="sample.KEY=VALUE",
+                        help="change a key of the checkpoint's sample section, e.g. sample.solver=dpm++2m (repeat it)")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args(argv)
     try:
-        overrides = {
-            "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
-            "steps": args.steps, "clamp_step": args.clamp_step, "batch_size": args.batch_size,
-            "max_examples": args.max_examples, "full_mode": args.full_mode, "compile": args.compile,
-            "weights": args.weights, "rounding": args.rounding, "solver": args.solver, "eta": args.eta,
-            "pad_penalty": args.pad_penalty, "soft_temperature": args.soft_temperature,
-            "min_target_tokens": args.min_target_tokens,
-        }
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        summary = run(args.checkpoint, args.split, args.out, overrides, args.cpu)
+        summary = run(args.checkpoint, args.split, args.out, parse_sets(args.set), args.cpu)
     except (CheckpointError, ConfigError, DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

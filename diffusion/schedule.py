@@ -8,26 +8,43 @@ from the kept alpha-bars and remembers which original timestep each step stands 
 from __future__ import annotations
 
 import math
+import typing
 
 import torch
 
+from .config import ScheduleName
 
-def alpha_bar_fn(name: str):
-    if name == "sqrt":  # DiffuSeq's default: 1 - sqrt(t + 1e-4)
-        return lambda t: 1 - math.sqrt(t + 0.0001)
-    if name == "cosine":
-        return lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-    raise ValueError(f"unknown noise schedule {name!r}; choose sqrt, cosine or linear")
+
+def _from_alpha_bar(alpha_bar, steps: int, max_beta: float) -> list[float]:
+    return [min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), max_beta) for i in range(steps)]
+
+
+def sqrt_betas(steps: int, max_beta: float) -> torch.Tensor:
+    """DiffuSeq's default: alpha_bar(t) = 1 - sqrt(t + 1e-4)."""
+    return torch.tensor(_from_alpha_bar(lambda t: 1 - math.sqrt(t + 0.0001), steps, max_beta), dtype=torch.float64)
+
+
+def cosine_betas(steps: int, max_beta: float) -> torch.Tensor:
+    """Nichol and Dhariwal's: alpha_bar(t) = cos((t + 0.008) / 1.008 * pi / 2)^2."""
+    return torch.tensor(_from_alpha_bar(lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2, steps, max_beta),
+                        dtype=torch.float64)
+
+
+def linear_betas(steps: int, max_beta: float) -> torch.Tensor:
+    """Ho et al.'s, scaled so that any T gives the same curve."""
+    scale = 1000 / steps
+    return torch.linspace(scale * 0.0001, scale * 0.02, steps, dtype=torch.float64)
+
+
+SCHEDULES = {"sqrt": sqrt_betas, "cosine": cosine_betas, "linear": linear_betas}  # name -> (steps, max_beta) -> betas
+assert set(SCHEDULES) == set(typing.get_args(ScheduleName)), "a schedule without its betas, or betas without a name"
 
 
 def named_betas(name: str, steps: int, max_beta: float = 0.999) -> torch.Tensor:
     """(steps,) float64 betas of the named schedule."""
-    if name == "linear":  # Ho et al., scaled so that any T gives the same curve
-        scale = 1000 / steps
-        return torch.linspace(scale * 0.0001, scale * 0.02, steps, dtype=torch.float64)
-    f = alpha_bar_fn(name)
-    betas = [min(1 - f((i + 1) / steps) / f(i / steps), max_beta) for i in range(steps)]
-    return torch.tensor(betas, dtype=torch.float64)
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown noise schedule {name!r}; choose {', '.join(SCHEDULES)}")
+    return SCHEDULES[name](steps, max_beta)
 
 
 class Schedule:

@@ -8,8 +8,12 @@ scatters, and "warmed up" is a tensor, so a training step has no host sync.
 
 from __future__ import annotations
 
+import typing
+
 import torch
 import torch.distributed as dist
+
+from .config import TimestepSamplerName
 
 
 class UniformSampler:
@@ -91,9 +95,11 @@ class LossAwareSampler(UniformSampler):
         self.counts = state["counts"].to(self.device)
 
 
+TIMESTEP_SAMPLERS = {"uniform": UniformSampler, "lossaware": LossAwareSampler}
+assert set(TIMESTEP_SAMPLERS) == set(typing.get_args(TimestepSamplerName)), "a sampler without its class, or a name without"
+
+
 def make_sampler(name: str, num_steps: int, device) -> UniformSampler:
-    if name == "uniform":
-        return UniformSampler(num_steps, device)
-    if name == "lossaware":
-        return LossAwareSampler(num_steps, device)
-    raise ValueError(f"unknown timestep sampler {name!r}; choose lossaware or uniform")
+    if name not in TIMESTEP_SAMPLERS:
+        raise ValueError(f"unknown timestep sampler {name!r}; choose {', '.join(TIMESTEP_SAMPLERS)}")
+    return TIMESTEP_SAMPLERS[name](num_steps, device)

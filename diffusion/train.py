@@ -28,7 +28,7 @@ import torch
 
 from . import atomic, checkpoint, distributed, locks
 from .batches import BatchStream
-from .manifest import HEARTBEAT, TRAIN_LOCK, TRAINER_BUSY, checkpoint_steps
+from .manifest import DEEPSPEED_TAG, EXPORTED_MODEL, HEARTBEAT, TOKENIZER, TRAIN_LOCK, TRAIN_LOG, TRAINER_BUSY, checkpoint_steps
 from .config import Config, ConfigError, load_config, to_dict
 from .data import PAD, load_encoded, load_tokenizer, sequence_widths, within_width
 from .ema import EMA
@@ -139,7 +139,7 @@ def load_data(cfg: Config, outdir: Path, data_dir: Path | None, env) -> tuple[Pa
     if env.is_main:
         prepare(cfg.data, data_dir)
     distributed.barrier()
-    vocab_size = load_tokenizer(data_dir / "tokenizer.json").get_vocab_size()
+    vocab_size = load_tokenizer(data_dir / TOKENIZER).get_vocab_size()
     if cfg.model.vocab_size not in (0, vocab_size):
         raise ConfigError("model.vocab_size", f"{cfg.model.vocab_size} differs from the tokenizer's {vocab_size}")
     return data_dir, replace(cfg, model=replace(cfg.model, vocab_size=vocab_size))
@@ -168,10 +168,9 @@ def build(cfg: Config, env, zero_overrides: dict | None = None) -> Training:
     schedule = Schedule.named(cfg.diffusion.schedule, cfg.diffusion.steps)
     denoiser = Denoiser(cfg.model)
     n_parameters = count_parameters(denoiser)  # before ZeRO-3 partitions them
-    objective = DiffusionObjective(denoiser, schedule, cfg.diffusion.noising, cfg.diffusion.rescale_timesteps,
+    objective = DiffusionObjective(denoiser, schedule, cfg.diffusion,
                                    torch.bfloat16 if uses_bf16(cfg, env.device) else None, uses_compile(cfg, env.device),
-                                   cfg.diffusion.anchor_loss, dynamic_length=cfg.data.trim,
-                                   source_noise=cfg.diffusion.source_noise,
+                                   dynamic_length=cfg.data.trim,
                                    within_width=partial(within_width, cfg=cfg.data) if cfg.model.width_mask else None)
     optimizer = torch.optim.AdamW(
         objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, tc.adam_beta2),
@@ -228,7 +227,7 @@ def log_record(window: LossWindow, step: int, run: Training, cfg: Config, env, e
 
 
 def write_log(outdir: Path, record: dict) -> None:
-    with open(outdir / "train_log.jsonl", "a") as f:
+    with open(outdir / TRAIN_LOG, "a") as f:
         f.write(json.dumps(record) + "\n")
     atomic.write_json(outdir / HEARTBEAT, record)
     shown = " ".join(f"{k} {v:.4f}" for k, v in record["terms"].items())
@@ -241,8 +240,8 @@ def save_checkpoint(run: Training, batches: BatchStream, cfg: Config, data_dir: 
     """Collective: the engine's state, each rank's RNG, data position and sampler, and the EMA
     weights exported for sampling (with the config and the tokenizer)."""
     def main_files(folder: Path):
-        atomic.torch_save({"config": to_dict(cfg), "state_dict": exported, "step": step}, folder / "model.pt")
-        shutil.copyfile(data_dir / "tokenizer.json", folder / "tokenizer.json")
+        atomic.torch_save({"config": to_dict(cfg), "state_dict": exported, "step": step}, folder / EXPORTED_MODEL)
+        shutil.copyfile(data_dir / TOKENIZER, folder / TOKENIZER)
 
     exported = run.ema.full_state_dict()  # collective under ZeRO-3
     rank_state = {
@@ -361,12 +360,12 @@ def resume(engine, ema: EMA, sampler, batches: BatchStream, ckpt_root: Path, env
         raise checkpoint.CheckpointError(
             f"{folder}: written by {meta['world_size']} rank(s); resume it with the same number (now {env.world_size})"
         )
-    engine.load_checkpoint(str(folder), tag="ds")
+    engine.load_checkpoint(str(folder), tag=DEEPSPEED_TAG)
     state = checkpoint.load_rank_state(folder, env.rank)
     if state["ema"] is not None:
         ema.load_state_dict(state["ema"])
     else:
-        exported = torch.load(folder / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+        exported = torch.load(folder / EXPORTED_MODEL, map_location="cpu", weights_only=False)["state_dict"]
         names = [name for name, p in ema.module.named_parameters() if p.requires_grad]
         ema.load_state_dict({"shadow": [exported[name] for name in names]})
     sampler.load_state_dict(state["sampler"])

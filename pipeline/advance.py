@@ -27,6 +27,7 @@ from .jobs import Registry, attempts, run_lock
 from .layout import RunLayout
 from .plan import Task, holder, inputs_ready, prerequisites, tasks
 from .spec import JobSpec, load_frozen
+from .states import JobState, RunState
 
 MAX_ATTEMPTS = 3  # starts of one task before the pipeline stops resubmitting it by itself
 
@@ -56,7 +57,7 @@ def _pass(layout: RunLayout, executor: str | None, submit: bool) -> dict:
     live_job: dict[str, str] = {}  # task name -> the job that will produce it, after this pass
     for task in undone:
         entry = registry.current(task.name)
-        live = entry is not None and is_live(states.get(entry["job_id"], "UNKNOWN"))
+        live = entry is not None and is_live(states.get(entry["job_id"], JobState.UNKNOWN))
         if not live and holder(layout, task) is not None:
             continue  # a process runs it that its registry entry does not name: never a second one
         waits_for = unfinished_prerequisites(task, spec, layout, live_job)
@@ -103,16 +104,16 @@ def _stale(entry: dict, waits_for: list[str] | None, live_job: dict, states: dic
     """A pending job that waits for a job it no longer needs, or not for the current one."""
     if _running(states.get(entry["job_id"])) or waits_for is None:
         return False
-    if "UNKNOWN" in (states.get(jid) for jid in [entry["job_id"], *entry.get("after", [])]):
+    if JobState.UNKNOWN in (states.get(jid) for jid in [entry["job_id"], *entry.get("after", [])]):
         return False  # the scheduler did not answer for it: never replace a job on a guess
     wanted = {live_job[name] for name in waits_for}
     if not wanted:  # inputs ready: stale if it still waits for any job that has not finished
-        return any(is_live(states.get(jid, "FINISHED")) for jid in entry.get("after", []) if jid in states)
+        return any(is_live(states.get(jid, JobState.FINISHED)) for jid in entry.get("after", []) if jid in states)
     return not wanted <= set(entry.get("after", []))
 
 
 def _running(state: str | None) -> bool:
-    return state in ("RUNNING", "COMPLETING")
+    return state in (JobState.RUNNING, JobState.COMPLETING)
 
 
 def _submit(layout: RunLayout, spec: JobSpec, executor: str, plan, registry: Registry, live_job: dict) -> list[str]:
@@ -155,7 +156,7 @@ def submit_group(layout: RunLayout, spec: JobSpec, executor: str, res, name: str
     from .stages import run_task
 
     scheduler = backend(executor)
-    ex = scheduler.make_executor(layout.dir / "logs" / "submitit", spec.site, res, name)
+    ex = scheduler.make_executor(layout.submitit_logs, spec.site, res, name)
     if after or correspond:
         scheduler.wait_for(ex, after, correspond)
     with ex.batch():
@@ -172,7 +173,7 @@ def watch(layout: RunLayout, executor: str | None = None, interval: float = 30.0
         status = run_status(layout, report)
         if on_pass:
             on_pass(status)
-        if status["state"] in ("done", "failed", "cancelled"):
+        if status["state"] in (RunState.DONE, RunState.FAILED, RunState.CANCELLED):
             return status
         time.sleep(interval)
 
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
         if args.loop is None:
             print(advance(layout))
             return 0
-        return 0 if watch(layout, interval=args.loop)["state"] == "done" else 1
+        return 0 if watch(layout, interval=args.loop)["state"] == RunState.DONE else 1
     except (UserError, OSError) as err:  # a damaged registry, a disk that refuses writes: `status` says so too
         if isinstance(err, OSError) and write_problem(err) is None:
             raise

@@ -1,8 +1,8 @@
 """Benchmark: how long `pipeline status RUN` takes on a running run, as a user types it.
 
-    python -m pipeline.bench_status [--repeats 5] [--keep]
+    python -m pipeline.bench_status [--spec jobs/demo_target.yaml] [--repeats 5] [--keep]
 
-Submits the demo job (local executor) under a temporary results root, waits until its trainer
+Submits the demo job (local executor; the spec's path is taken from the current directory) under a temporary results root, waits until its trainer
 runs, then times `python -m pipeline.cli status demo-target` end to end (interpreter start and
 imports included) `--repeats` times while it runs, and once the `--json` form; prints one JSON
 object (each time, the median, and whether the status process imported torch or numpy), then
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from diffusion.manifest import HEARTBEAT
 
-REPO = Path(__file__).resolve().parents[1]
+from .runs import importable_environment
+
 RUN = "demo-target"
 IMPORTS = ("import runpy, sys; sys.argv = ['pipeline', 'status', '" + RUN + "'];"
            "\ntry: runpy.run_module('pipeline.cli', run_name='__main__')\nexcept SystemExit: pass\n"
@@ -31,20 +32,21 @@ IMPORTS = ("import runpy, sys; sys.argv = ['pipeline', 'status', '" + RUN + "'];
 
 
 def pipeline(root: Path, *args: str, code: str | None = None) -> tuple[float, subprocess.CompletedProcess]:
-    env = {**os.environ, "PIPELINE_ROOT": str(root), "PYTHONPATH": str(REPO)}
+    env = {**importable_environment(), "PIPELINE_ROOT": str(root)}
     command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "pipeline.cli", *args]
     started = time.perf_counter()
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     return time.perf_counter() - started, proc
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", type=Path, default=Path("jobs/demo_target.yaml"), help="the demo spec (makes run demo-target)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the temporary results root")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="bench-status-"))
-    _, proc = pipeline(root, "submit", "jobs/demo_target.yaml", "--set", "train.steps=100000", "--set",
+    _, proc = pipeline(root, "submit", str(args.spec.resolve()), "--set", "train.steps=100000", "--set",
                        "train.save_every=50000")
     if proc.returncode:
         print(proc.stdout, proc.stderr, file=sys.stderr)

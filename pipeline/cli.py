@@ -31,6 +31,7 @@ from .console import console, err_console
 from .errors import UserError, write_problem
 from .layout import RunLayout
 from .spec import EXECUTORS, load_spec
+from .states import RunState, TaskState
 
 
 def given_root(args) -> Path | None:
@@ -51,8 +52,9 @@ def cmd_submit(args) -> int:
 
 
 # --- status, watch ---
-STATE_STYLE = {"done": "green", "failed": "red", "blocked": "red", "running": "yellow", "queued": "cyan",
-               "waiting-for-input": "dim", "waiting-for-resources": "dim", "cancelled": "magenta", "stopped": "red"}
+STATE_STYLE = {TaskState.DONE: "green", TaskState.FAILED: "red", TaskState.BLOCKED: "red", TaskState.RUNNING: "yellow",
+               TaskState.QUEUED: "cyan", TaskState.WAITING_FOR_INPUT: "dim", TaskState.WAITING_FOR_RESOURCES: "dim",
+               TaskState.CANCELLED: "magenta", TaskState.STOPPED: "red", RunState.ERROR: "red"}
 
 
 def cmd_status(args) -> int:
@@ -62,7 +64,7 @@ def cmd_status(args) -> int:
             try:
                 statuses.append(runs.advance_and_status(layout))
             except UserError as err:  # one damaged run does not hide the others
-                statuses.append({"run": layout.run_id, "state": "error", "error": str(err), "executor": None,
+                statuses.append({"run": layout.run_id, "state": RunState.ERROR, "error": str(err), "executor": None,
                                  "stages": [], "dir": str(layout.dir)})
         if args.json:
             print(json.dumps(statuses, indent=2))
@@ -71,8 +73,8 @@ def cmd_status(args) -> int:
         for column in table.columns[:3]:
             column.no_wrap = True
         for st in statuses:
-            done = sum(s["state"] == "done" for s in st["stages"])
-            state = f"[{STATE_STYLE.get(st['state'], 'red')}]{st['state']}[/]"
+            done = sum(s["state"] == TaskState.DONE for s in st["stages"])
+            state = f"[{STATE_STYLE[st['state']]}]{st['state']}[/]"
             table.add_row(st["run"], st["executor"] or "", state, f"{done}/{len(st['stages'])}",
                           st.get("error") or st["dir"])
         console.print(table if statuses else f"no runs (under {given_root(args) or './' + run_index.DEFAULT_ROOT}, "
@@ -98,7 +100,7 @@ def print_status(st: dict) -> None:
             if "eta_s" in beat:
                 progress += (f"\n{beat['decoded']}/{beat['total']} sentences  {beat['sentences_per_s']:,.1f} sent/s  "
                              f"ETA {format_eta(beat['eta_s'])}")
-        elif beat and stage["state"] != "done":
+        elif beat and stage["state"] != TaskState.DONE:
             progress = (f"step {beat['step']}/{beat['total_steps']}  loss {beat['loss']:.4f}  "
                         f"{beat['tokens_per_s']:,.0f} tok/s  ETA {format_eta(beat['eta_s'])}")
             if beat["real_tokens_per_s"] is not None:
@@ -107,7 +109,7 @@ def print_status(st: dict) -> None:
                 progress += "\n" + "  ".join(f"{k} {v:.4f}" for k, v in beat["terms"].items())
         for i, task in enumerate(stage["tasks"]):
             job = task["job"] or ""
-            if task["job_state"] and task["state"] not in ("done",):
+            if task["job_state"] and task["state"] != TaskState.DONE:
                 job += f" ({task['job_state'].lower()})"
             note = progress if i == 0 else ""
             if task.get("reason"):  # why a task that is not running waits
@@ -123,7 +125,7 @@ def print_status(st: dict) -> None:
     console.print(table)
     for stage in st["stages"]:
         for task in stage["tasks"]:
-            if task.get("log") and task["state"] == "running":
+            if task.get("log") and task["state"] == TaskState.RUNNING:
                 console.print(f"log of {task['task']} ({task['state']}): {task['log']}", highlight=False)
     if st["submitted"]:
         console.print("submitted now: " + ", ".join(st["submitted"]))
@@ -137,7 +139,7 @@ def cmd_watch(args) -> int:
 
     layout = find_run(args, args.run)
     st = watch(layout, interval=args.interval, on_pass=lambda st: (console.clear() if console.is_terminal else None, print_status(st)))
-    return 0 if st["state"] == "done" else 1
+    return 0 if st["state"] == RunState.DONE else 1
 
 
 # --- retry ---
@@ -244,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a spec value, e.g. train.steps=100 (repeat --set for each)")
-    p.add_argument("--site", help="site profile from env/sites/ (default: the spec's, else local)")
+    p.add_argument("--site", help="site profile (yours in $PIPELINE_SITES or ~/.config/textdiffusion-pipeline/sites, or "
+                   "one shipped: local, slurm-generic, wisteria-aquarius); default: the spec's, else local")
     p.add_argument("--executor", choices=list(EXECUTORS))
     p.add_argument("--wait", action="store_true", help="stay in the foreground with progress bars until the study ends")
     p.set_defaults(func=cmd_submit)

@@ -7,13 +7,14 @@ import time
 
 from .console import console
 from .layout import RunLayout
+from .states import TaskState
 
 
 def stage_progress(layout: RunLayout, stage: dict) -> tuple[int, int, str]:
     """(done, total, note) of a stage as the followers show it: training counts its steps."""
     from .status import format_eta, training_progress
 
-    if stage["stage"] == "train" and stage["state"] != "done" and (beat := training_progress(layout)):
+    if stage["stage"] == "train" and stage["state"] != TaskState.DONE and (beat := training_progress(layout)):
         note = f"loss {beat['loss']:.4f}  {beat['tokens_per_s']:,.0f} tok/s  ETA {format_eta(beat['eta_s'])}"
         return beat["step"], beat["total_steps"], note
     return stage["done"], stage["total"], stage["state"]

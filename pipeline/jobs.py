@@ -7,7 +7,7 @@
 `job_id` is the task's current job; `after` the jobs it was told to wait for; `earlier` the jobs
 that carried the task before (killed, cancelled, superseded). A job that starts and finds it is no
 longer its task's current job does nothing (stages.run_task), so a task never runs twice at once.
-Attempts are counted by the jobs that really started (`state/<task>.started-<job>` markers), so a
+Attempts are counted by the jobs that really started (their start markers, RunLayout.started), so a
 job cancelled by the scheduler before it ran costs nothing.
 """
 
@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import json
 import time
-from pathlib import Path
 
 from diffusion import atomic
 
@@ -100,8 +99,8 @@ def repair(layout: RunLayout, default_executor: str) -> dict:
         if layout.registry.is_file():
             layout.registry.rename(layout.registry.with_name(f"{layout.registry.name}.damaged-{int(time.time())}"))
         starts: dict[str, list[tuple[float, str, str]]] = {}
-        for path in layout.state.glob("*.started-*"):
-            task, _, job_id = path.name.partition(".started-")
+        for path in layout.starts():
+            task, job_id = layout.started_task(path)
             record = layout.read_json(path) or {}
             starts.setdefault(task, []).append((record.get("started", path.stat().st_mtime), record.get("job_id", job_id),
                                                 record.get("executor") or default_executor))
@@ -128,15 +127,10 @@ def run_lock(layout: RunLayout):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def started_marker(layout: RunLayout, task: str, job_id: str) -> Path:
-    """Written by the job that starts the task, with its job id and executor (`repair` reads them)."""
-    return layout.state / f"{task}.started-{job_id.replace('/', '_')}"
-
-
 def attempts(layout: RunLayout, task: str) -> int:
-    return sum(1 for _ in layout.state.glob(f"{task}.started-*")) if layout.state.is_dir() else 0
+    return len(layout.starts(task))
 
 
 def clear_attempts(layout: RunLayout, task: str) -> None:
-    for path in layout.state.glob(f"{task}.started-*"):
+    for path in layout.starts(task):
         path.unlink(missing_ok=True)

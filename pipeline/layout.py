@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from diffusion import atomic
-from diffusion.manifest import HEARTBEAT, TRAIN_LOCK, step_dir_name
+from diffusion.manifest import HEARTBEAT, TRAIN_LOCK, TRAIN_LOG, seed_samples, step_dir_name
 
 from .errors import UserError
 
@@ -87,21 +87,53 @@ class RunLayout:
     def train_lock(self) -> Path:
         return self.dir / TRAIN_LOCK  # held by the trainer itself, however it was started
 
+    @property
+    def train_log(self) -> Path:
+        return self.dir / TRAIN_LOG
+
     def samples(self, step: int) -> Path:
         return self.dir / "samples" / step_dir_name(step)
+
+    def samples_file(self, step: int) -> Path:
+        """The chosen samples of a checkpoint: the MBR pick of several seeds, or the one seed's."""
+        return self.samples(step) / "samples.jsonl"
+
+    def seed_samples(self, step: int, seed: int) -> Path:
+        """One seed's candidates, where several seeds were decoded."""
+        return seed_samples(self.samples_file(step), seed)
 
     def sample_progress(self, step: int) -> Path:
         return self.samples(step) / "progress.json"
 
+    @property
+    def metrics_dir(self) -> Path:
+        return self.dir / "metrics"
+
     def metrics(self, step: int) -> Path:
-        return self.dir / "metrics" / f"{step_dir_name(step)}.json"
+        return self.metrics_dir / f"{step_dir_name(step)}.json"
+
+    def metrics_files(self) -> list[Path]:
+        """The metrics written so far (a name starting with '.' is a write in progress)."""
+        return sorted(p for p in self.metrics_dir.glob("step_*.json") if p.is_file() and not p.name.startswith("."))
 
     @property
     def results(self) -> Path:
         return self.dir / "results"
 
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
     def log(self, stage: str, step: int | None = None) -> Path:
-        return self.dir / "logs" / f"{task_name(stage, step)}.log"
+        return self.logs / f"{task_name(stage, step)}.log"
+
+    @property
+    def submitit_logs(self) -> Path:
+        return self.logs / "submitit"  # submitit's own files of each job: its pickles, stdout and stderr
+
+    @property
+    def driver_log(self) -> Path:
+        return self.logs / "driver.log"  # what the local executor's loop printed
 
     # --- state ---
     @property
@@ -126,6 +158,20 @@ class RunLayout:
 
     def task_lock(self, task: str) -> Path:
         return self.state / f"{task}.lock"
+
+    def started(self, task: str, job_id: str) -> Path:
+        """Written by a job that starts the task, with its job id and executor."""
+        return self.state / f"{task}.started-{job_id.replace('/', '_')}"
+
+    def starts(self, task: str = "*") -> list[Path]:
+        """The start markers of a task (of every task, by default)."""
+        return sorted(self.state.glob(f"{task}.started-*")) if self.state.is_dir() else []
+
+    @staticmethod
+    def started_task(marker: Path) -> tuple[str, str]:
+        """(task, job id as written in the name) of a start marker."""
+        task, _, job_id = marker.name.partition(".started-")
+        return task, job_id
 
     def marker(self, stage: str, step: int | None = None, kind: str = "done") -> Path:
         return self.state / f"{task_name(stage, step)}.{kind}"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffusion import locks
-from diffusion.manifest import CheckpointError, verify
+from diffusion.manifest import is_complete
 
 from .layout import ARRAY_STAGES, STAGES, RunLayout, task_name
 from .spec import JobSpec
@@ -52,7 +52,9 @@ def outputs(layout: RunLayout, task: Task, spec: JobSpec) -> list[Path]:
     done marker, so that the task counts as done only while they are whole."""
     return {"preprocess": lambda: [layout.data], "train": lambda: [layout.checkpoint(spec.train.steps)],
             # the samples, not progress.json (status's, while the task runs)
-            "sample": lambda: sorted(layout.samples(task.step).glob("samples*.jsonl")),
+            "sample": lambda: [layout.samples_file(task.step)] + ([layout.seed_samples(task.step, seed)
+                                                                   for seed in spec.sample.seeds]
+                                                                  if len(spec.sample.seeds) > 1 else []),
             "evaluate": lambda: [layout.metrics(task.step)], "aggregate": lambda: [layout.results]}[task.stage]()
 
 
@@ -87,8 +89,4 @@ def inputs_ready(layout: RunLayout, task: Task, spec: JobSpec) -> bool:
 
 def checkpoint_complete(layout: RunLayout, step: int) -> bool:
     """Renamed into place only when complete, and every file of its manifest has its size."""
-    try:
-        verify(layout.checkpoint(step))
-        return True
-    except (CheckpointError, OSError, KeyError):
-        return False
+    return is_complete(layout.checkpoint(step))

@@ -18,6 +18,7 @@ from pathlib import Path
 from diffusion import atomic
 
 from .errors import UserError
+from .layout import RunLayout
 
 METRICS = ("bleu", "rouge_l", "bertscore", "dist1", "len")  # Table 1 columns, in order
 HEADERS = {"bleu": "BLEU", "rouge_l": "ROUGE-L", "bertscore": "BERTScore", "dist1": "Dist-1", "len": "len",
@@ -35,11 +36,11 @@ class ResultsError(UserError, ValueError):
 def load_run_metrics(run_dir: Path) -> list[dict]:
     """The run's metrics/step_*.json, by step.
 
-    Names starting with '.' are temporary files of writes still in progress (atomic.write_json
-    renames them into place when complete), so they are skipped, never half-read.
+    Writes still in progress are skipped, never half-read (RunLayout.metrics_files).
     """
-    files = [p for p in (Path(run_dir) / "metrics").glob("step_*.json") if p.is_file() and not p.name.startswith(".")]
-    again = f"`pipeline retry {Path(run_dir).name}` evaluates that checkpoint again"
+    layout = RunLayout(Path(run_dir).parent, Path(run_dir).name)
+    files = layout.metrics_files()
+    again = f"`pipeline retry {layout.run_id}` evaluates that checkpoint again"
     result = []
     for path in files:
         try:

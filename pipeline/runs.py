@@ -18,7 +18,8 @@ from .backends import backend
 from .console import console, err_console
 from .errors import UserError
 from .layout import RunLayout
-from .spec import REPO, freeze, load_frozen
+from .spec import freeze, load_frozen
+from .states import JobState, RunState, TaskState
 
 
 def submit(spec, root: Path, executor: str | None, wait: bool) -> int:
@@ -98,14 +99,21 @@ def start_local_loop(layout: RunLayout) -> bool:
     with run_lock(layout):
         if local_loop_alive(layout):
             return False  # submitted twice: one loop carries the run
-        log = layout.dir / "logs" / "driver.log"
+        log = layout.driver_log
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as out:
             proc = subprocess.Popen([sys.executable, "-m", "pipeline.advance", str(layout.dir), "--loop", "2"],
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=REPO)
+                                    start_new_session=True, cwd=layout.dir, env=importable_environment())
         atomic.write_json(layout.driver, {"pid": proc.pid, "pgid": proc.pid, "started": time.time()})
     return True
+
+
+def importable_environment() -> dict:
+    """This environment, with the folder this package was imported from first on PYTHONPATH: a
+    process started elsewhere imports the same pipeline (installed, or a checkout run in place)."""
+    here = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def run_in_foreground(layout: RunLayout, executor: str) -> int:
@@ -123,7 +131,7 @@ def run_in_foreground(layout: RunLayout, executor: str) -> int:
             st = watch(layout, executor, interval=2 if drives_itself else 5, on_pass=follow)
         except KeyboardInterrupt:
             return hand_over(layout, executor)
-    if st["state"] != "done":
+    if st["state"] != RunState.DONE:
         print_failures(st)
         return 1
     console.print(f"[green]done[/] {layout.run_id}: results in {layout.results}")
@@ -149,7 +157,7 @@ def hand_over(layout: RunLayout, executor: str) -> int:
 def print_failures(st: dict) -> None:
     for failure in st["failures"]:
         err_console.print(f"[red]failed[/] {failure['task']}: {failure['error']}\n  log: {failure['log']}", highlight=False)
-    if st["state"] == "cancelled":
+    if st["state"] == RunState.CANCELLED:
         err_console.print(f"{st['run']} was cancelled")
 
 
@@ -189,7 +197,7 @@ def retry(layout: RunLayout, wait: bool) -> int:
         registry = Registry(layout)
         for stage in st["stages"]:
             for task in stage["tasks"]:
-                if task["state"] != "failed":
+                if task["state"] != TaskState.FAILED:
                     continue
                 again = [Task(task["stage"], task["step"])]
                 if (layout.failure(task["stage"], task["step"]) or {}).get("damaged"):
@@ -203,7 +211,7 @@ def retry(layout: RunLayout, wait: bool) -> int:
         registry.save()
         layout.cancel_flag.unlink(missing_ok=True)
     retried = list(dict.fromkeys(retried))
-    if not retried and st["state"] not in ("cancelled", "stopped"):
+    if not retried and st["state"] not in (RunState.CANCELLED, RunState.STOPPED):
         console.print(f"{layout.run_id}: no failed task to retry ({st['state']})")
         return 0
     console.print(f"retrying {', '.join(retried) or 'the stopped run'}")
@@ -232,7 +240,7 @@ def cancel(layout: RunLayout) -> int:
     # flag and stops unmarked
     scheduler = backend(executor or spec.site.executor)
     states = scheduler.query(ids) if ids else {}
-    live = [jid for jid in ids if is_live(states.get(jid, "FINISHED"))]
+    live = [jid for jid in ids if is_live(states.get(jid, JobState.FINISHED))]
     here = socket.gethostname()
     holders = [found["pid"] for task in tasks(spec)
                if (found := holder(layout, task)) and found.get("host") == here and found.get("pid")]

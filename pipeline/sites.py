@@ -1,19 +1,41 @@
 """Site profiles: a cluster's scheduler, partitions, account, modules and results root, merged
-under a job spec (`site: NAME` or `--site NAME`), or written inline in the spec."""
+under a job spec (`site: NAME` or `--site NAME`), or written inline in the spec.
+
+A profile NAME is the file NAME.yaml in the first of these folders that has it:
+
+    $PIPELINE_SITES                              the user's own folder(s), ':'-separated
+    $XDG_CONFIG_HOME/textdiffusion-pipeline/sites (default ~/.config/...): the user's own
+    pipeline/site_profiles/                      the profiles shipped with the package
+
+so a user's profile wins over a shipped one of the same name, and an installed package (not a
+checkout) finds both.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .layout import RUN_ID
 from .spec_yaml import CLI_SITE, Origin, SpecError, drop, merge, read_yaml
 
-SITES_DIR = Path(__file__).resolve().parents[1] / "env" / "sites"
+SHIPPED = Path(__file__).resolve().parent / "site_profiles"  # package data
+
+
+def site_dirs() -> list[Path]:
+    """Where profiles are looked for, first wins."""
+    own = [Path(os.path.expanduser(d)) for d in os.environ.get("PIPELINE_SITES", "").split(os.pathsep) if d]
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "textdiffusion-pipeline" / "sites"
+    return [*own, config, SHIPPED]
+
+
+def site_path(name: str) -> Path | None:
+    return next((d / f"{name}.yaml" for d in site_dirs() if (d / f"{name}.yaml").is_file()), None)
 
 
 def site_names() -> list[str]:
-    """The profiles in env/sites/."""
-    return sorted(p.stem for p in SITES_DIR.glob("*.yaml"))
+    """Every profile that can be named."""
+    return sorted({p.stem for d in site_dirs() if d.is_dir() for p in d.glob("*.yaml")})
 
 
 def _site_content(site: dict, origin: Origin, prefix: str) -> tuple[dict, Origin]:
@@ -44,14 +66,14 @@ def _site_content(site: dict, origin: Origin, prefix: str) -> tuple[dict, Origin
 
 
 def _site_profile(name, file: str | None, line: int | None) -> tuple[dict, Origin]:
-    """env/sites/NAME.yaml as spec data (see _site_content); `file`/`line`: where NAME was given."""
+    """Profile NAME as spec data (see _site_content); `file`/`line`: where NAME was given."""
     if not isinstance(name, str) or not RUN_ID.match(name) or ".." in name:
         raise SpecError(f"expected the name of a site profile ({', '.join(site_names())}) or a mapping, got {name!r}",
                         file, line, "site")
-    path = SITES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise SpecError(f"unknown site {name!r}; available: {', '.join(site_names())} (the files in {SITES_DIR})",
-                        file, line, "site")
+    path = site_path(name)
+    if path is None:
+        raise SpecError(f"unknown site {name!r}; available: {', '.join(site_names())} (profiles are looked for in "
+                        f"{', '.join(map(str, site_dirs()))})", file, line, "site")
     data, lines = read_yaml(path)
     content, origin = _site_content(data, {k: (str(path), n) for k, n in lines.items()}, "")
     content["site"].setdefault("name", name)

@@ -3,7 +3,7 @@
 A spec holds the library's config sections (data, model, diffusion, train, sample: see
 diffusion/config.py) plus what the pipeline needs: the run's name, evaluation settings, the
 site profile and per-stage resources. `load_spec` resolves `base:` files, merges the site
-profile from env/sites/ underneath, applies `--set key.sub=value` overrides and validates,
+profile underneath (pipeline/sites.py says where profiles are found), applies `--set key.sub=value` overrides and validates,
 naming file, line and key in every error ("jobs/x.yaml:12: train.stpes: unknown key; ...").
 
 How a spec is resolved, lowest precedence first:
@@ -12,7 +12,7 @@ How a spec is resolved, lowest precedence first:
   3. the spec file itself;
   4. `--set key.sub=value` (value read as YAML: 100, [1, 2], null; a mapping merges).
 Mappings merge key by key; any other value (lists included) replaces. `site:` is a profile name
-(env/sites/NAME.yaml; `--site NAME` wins; default "local") or an inline mapping of the same
+(a profile NAME, pipeline/sites.py; `--site NAME` wins; default "local") or an inline mapping of the same
 content. Relative data paths (data.train/valid/test) are taken relative to the folder of the
 file that wrote them (cwd for --set) and become absolute; `~` and $VARS are expanded in data
 paths and site.results_root. Numbers like 1e-4 read as floats (PyYAML alone reads a string).
@@ -83,7 +83,7 @@ class Resources:
 
 @dataclass(frozen=True)
 class SiteSpec:
-    """A cluster's profile (env/sites/NAME.yaml), merged under the job spec."""
+    """A cluster's profile (pipeline/sites.py), merged under the job spec."""
 
     name: str = "local"
     executor: str = "local"  # local | slurm | pjm
@@ -146,7 +146,6 @@ class JobSpec:
 
 # --- loading ---------------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
 DATA_PATH_KEYS = ("data.train", "data.valid", "data.test")
 EVAL_SPLITS = ("valid", "test")
 

@@ -86,7 +86,7 @@ def _leave(task: str, job_id: str | None, why: str) -> str:
 
 def _run_held(layout: RunLayout, stage: str, step: int | None, name: str, job_id: str | None,
               executor: str | None) -> str:
-    from .jobs import Registry, RegistryDamaged, started_marker
+    from .jobs import Registry, RegistryDamaged
 
     if layout.is_done(stage, step):  # finished by the process that held the lock before
         return "skipped"
@@ -97,7 +97,7 @@ def _run_held(layout: RunLayout, stage: str, step: int | None, name: str, job_id
             current = None  # the task's lock keeps it to one process all the same
         if current is not None and current != job_id:
             return f"superseded by job {current}"
-        atomic.write_json(started_marker(layout, name, job_id), {"started": time.time(), "host": os.uname().nodename,
+        atomic.write_json(layout.started(name, job_id), {"started": time.time(), "host": os.uname().nodename,
                                                                  "job_id": job_id, "executor": executor})
     layout.marker(stage, step, "failed").unlink(missing_ok=True)  # an earlier attempt's; its traceback stays in the log
     spec = load_frozen(layout.spec)
@@ -244,12 +244,12 @@ def wait_passing_sigterm(proc: subprocess.Popen) -> int:
 def set_aside_corrupt_checkpoints(layout: RunLayout) -> None:
     """A complete-looking checkpoint that fails its check (truncated, a file missing) is renamed
     aside, never deleted, so that training resumes from the one before and writes it again."""
-    for step, folder in reversed(manifest.complete_steps(layout.checkpoints)):
+    for step, folder in reversed(manifest.finished_steps(layout.checkpoints)):
         try:
             manifest.verify(folder)
             return  # the trainer resumes from this one
         except manifest.CheckpointError as err:
-            aside = folder.with_name(f".{folder.name}.corrupt-{int(time.time())}")
+            aside = folder.with_name(manifest.aside_name(folder, time.time()))
             folder.rename(aside)
             print(f"[pipeline] {err}: set aside as {aside.name}; training resumes from the checkpoint before", flush=True)
 
@@ -265,7 +265,7 @@ def sample(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:
     split = layout.data / f"{spec.evaluate.split}.jsonl"
     if not split.is_file():
         raise StageError(f"{split}: the {spec.evaluate.split} split was not prepared; set data.{spec.evaluate.split}")
-    return run(layout.checkpoint(step), split, layout.samples(step) / "samples.jsonl",
+    return run(layout.checkpoint(step), split, layout.samples_file(step),
                progress=SampleProgress(layout.sample_progress(step)))
 
 
@@ -305,9 +305,8 @@ def evaluate(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:
     from diffusion.metrics import score
 
     seeds = spec.sample.seeds
-    folder = layout.samples(step)
-    chosen = read_samples(folder / "samples.jsonl")
-    single = read_samples(folder / f"samples.seed{seeds[0]}.jsonl") if len(seeds) > 1 else chosen
+    chosen = read_samples(layout.samples_file(step))
+    single = read_samples(layout.seed_samples(step, seeds[0])) if len(seeds) > 1 else chosen
     model = bertscore_model(spec)
 
     def scores(rows, hyp_key="hyp"):
@@ -338,7 +337,9 @@ def checkpoint_diagnostics(layout: RunLayout, spec: JobSpec, step: int) -> dict:
 
 
 def default_label(spec: JobSpec) -> str:
-    return "DiffuSeq" if spec.diffusion.noising == "target" else "Full-Noised"
+    from diffusion.noising import NOISING
+
+    return NOISING[spec.diffusion.noising].label
 
 
 def aggregate(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:

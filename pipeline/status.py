@@ -1,13 +1,8 @@
 """What a run is doing: its markers, its jobs' states from one scheduler query, the trainer's heartbeat.
 
-    state of a task (TASK_STATES, the same words in the table and in --json):
-        done | running | queued (its job waits in the scheduler, or it is resubmitted at the next pass)
-        | waiting-for-input (a prerequisite is not done) | waiting-for-resources (inputs ready; the
-        local cores are taken) | failed (its own error, or given up after repeated kills)
-        | blocked (a prerequisite failed) | cancelled | stopped (a local run whose loop is gone)
-      with `reason` saying why a task that is not running waits, and `log` for a running or failed one.
-    state of a run:   done | running | queued | failed (nothing can go on without `pipeline retry`)
-                      | cancelled | stopped (local executor: its loop is gone; `pipeline retry` goes on)
+    state of a task: a TaskState (states.py), the same words in the table and in --json, with
+      `reason` saying why a task that is not running waits, and `log` for a running or failed one;
+    state of a run: a RunState.
 """
 
 from __future__ import annotations
@@ -19,10 +14,11 @@ from diffusion.atomic import refusal
 
 from .backends import backend, is_live
 from .backends.local import process_alive
-from .jobs import Registry, attempts, started_marker
+from .jobs import Registry, attempts
 from .layout import STAGES, RunLayout
 from .plan import holder, inputs_ready, prerequisites, tasks
 from .spec import load_frozen
+from .states import JobState, RunState, TaskState
 
 
 def training_progress(layout: RunLayout) -> dict | None:
@@ -49,9 +45,9 @@ def sampling_progress(layout: RunLayout, spec, rows: list[dict]) -> dict:
     if not measured:
         return out
     per_task = max(r["total"] for r in measured)
-    decoded = sum(per_task if row["state"] == "done" else (reports[row["step"]] or {}).get("decoded", 0) for row in rows)
+    decoded = sum(per_task if row["state"] == TaskState.DONE else (reports[row["step"]] or {}).get("decoded", 0) for row in rows)
     rate = sum(r["decoded"] for r in measured) / max(sum(r["elapsed_s"] for r in measured), 1e-9)
-    at_once = max(1, sum(row["state"] == "running" for row in rows))
+    at_once = max(1, sum(row["state"] == TaskState.RUNNING for row in rows))
     return {**out, "decoded": decoded, "total": per_task * len(rows), "sentences_per_s": rate,
             "eta_s": (per_task * len(rows) - decoded) / rate / at_once}
 
@@ -59,10 +55,6 @@ def sampling_progress(layout: RunLayout, spec, rows: list[dict]) -> dict:
 def local_loop_alive(layout: RunLayout) -> bool:
     loop = layout.read_json(layout.driver)
     return bool(loop) and process_alive(loop["pid"])
-
-
-TASK_STATES = ("done", "running", "queued", "waiting-for-input", "waiting-for-resources", "failed", "blocked",
-               "cancelled", "stopped")
 
 
 def run_status(layout: RunLayout, report: dict) -> dict:
@@ -85,73 +77,73 @@ def run_status(layout: RunLayout, report: dict) -> dict:
         held = None if done or failure or (job_state and is_live(job_state)) else holder(layout, task)
         reason = ""
         if done:
-            state = "done"
+            state = TaskState.DONE
         elif held is not None:  # run by a process its job entry does not name (the registry was lost)
-            state, reason = "running", f"run by {locks.describe(held)}, a process the run's job registry does not name"
+            state, reason = TaskState.RUNNING, f"run by {locks.describe(held)}, a process the run's job registry does not name"
         elif job_state and is_live(job_state):
             # PJM's history query cannot tell queued from running: the job's own start marker can
-            running = job_state in ("RUNNING", "COMPLETING") or started_marker(layout, task.name, entry["job_id"]).is_file()
-            state = "running" if running else "queued"
+            running = job_state in (JobState.RUNNING, JobState.COMPLETING) or layout.started(task.name, entry["job_id"]).is_file()
+            state = TaskState.RUNNING if running else TaskState.QUEUED
         elif failure and not failure.get("retryable"):
-            state = "failed"
+            state = TaskState.FAILED
             failures.append({"task": task.name, **failure})
         elif task.name in given_up:
-            state = "failed"
+            state = TaskState.FAILED
             failures.append({"task": task.name, "log": str(layout.log(task.stage, task.step)),
                              "error": f"started {given_up[task.name]} times and killed each time (last job state "
                                       f"{job_state or 'unknown'}); `pipeline retry` tries again"})
         elif cancelled:
-            state = "cancelled"
+            state = TaskState.CANCELLED
         elif disk and entry and job_state:  # its job ended without a word: the disk had no room for one
-            state = "failed"
+            state = TaskState.FAILED
             failures.append({"task": task.name, "log": str(layout.log(task.stage, task.step)),
                              "error": f"{disk}; its job {entry['job_id']} ended without finishing it"})
-        elif any(by_name.get(p.name, {}).get("state") in ("failed", "blocked") for p in prerequisites(task, spec)):
-            state, reason = "blocked", "a task it needs failed"
+        elif any(by_name.get(p.name, {}).get("state") in (TaskState.FAILED, TaskState.BLOCKED) for p in prerequisites(task, spec)):
+            state, reason = TaskState.BLOCKED, "a task it needs failed"
         elif loop_gone:
-            state, reason = "stopped", "nothing submits it: the run's local loop is gone"
+            state, reason = TaskState.STOPPED, "nothing submits it: the run's local loop is gone"
         elif entry and job_state:  # its job ended without the task's output (killed): submitted again
-            state, reason = "queued", f"its job {entry['job_id']} ended without finishing it; it is submitted again"
+            state, reason = TaskState.QUEUED, f"its job {entry['job_id']} ended without finishing it; it is submitted again"
         elif inputs_ready(layout, task, spec):
-            state, reason = "waiting-for-resources", scheduler.waiting_reason
+            state, reason = TaskState.WAITING_FOR_RESOURCES, scheduler.waiting_reason
         else:
-            waiting_for = [p.name for p in prerequisites(task, spec) if by_name.get(p.name, {}).get("state") != "done"]
-            state, reason = "waiting-for-input", "waits for " + (", ".join(waiting_for) or "its inputs")
+            waiting_for = [p.name for p in prerequisites(task, spec) if by_name.get(p.name, {}).get("state") != TaskState.DONE]
+            state, reason = TaskState.WAITING_FOR_INPUT, "waits for " + (", ".join(waiting_for) or "its inputs")
         row = {"task": task.name, "stage": task.stage, "step": task.step, "state": state,
-               "job": entry["job_id"] if entry else None, "job_state": job_state if state in ("running", "queued") else None,
+               "job": entry["job_id"] if entry else None, "job_state": job_state if state in (TaskState.RUNNING, TaskState.QUEUED) else None,
                "starts": attempts(layout, task.name)}
         if reason:
             row["reason"] = reason
-        if state in ("running", "failed"):
+        if state in (TaskState.RUNNING, TaskState.FAILED):
             row["log"] = str(layout.log(task.stage, task.step))
         by_name[task.name] = row
     stages = []
     for stage in STAGES:
         rows = [row for row in by_name.values() if row["stage"] == stage]
-        entry = {"stage": stage, "done": sum(r["state"] == "done" for r in rows), "total": len(rows), "tasks": rows,
+        entry = {"stage": stage, "done": sum(r["state"] == TaskState.DONE for r in rows), "total": len(rows), "tasks": rows,
                  "state": _stage_state([r["state"] for r in rows])}
-        if stage == "train" and entry["state"] == "running":  # no speed or ETA for a task that does not run
+        if stage == "train" and entry["state"] == TaskState.RUNNING:  # no speed or ETA for a task that does not run
             entry["progress"] = training_progress(layout)
-        if stage == "sample" and entry["state"] != "done":
+        if stage == "sample" and entry["state"] != TaskState.DONE:
             entry["progress"] = sampling_progress(layout, spec, rows)
         stages.append(entry)
     every = [row["state"] for row in by_name.values()]
-    if all(s == "done" for s in every):
-        state = "done"
+    if all(s == TaskState.DONE for s in every):
+        state = RunState.DONE
     elif cancelled:
-        state = "cancelled"
-    elif "running" in every:
-        state = "running"
-    elif "queued" in every:
-        state = "queued"
+        state = RunState.CANCELLED
+    elif TaskState.RUNNING in every:
+        state = RunState.RUNNING
+    elif TaskState.QUEUED in every:
+        state = RunState.QUEUED
     elif failures:
-        state = "failed"
+        state = RunState.FAILED
     elif loop_gone:
-        state = "stopped"
+        state = RunState.STOPPED
     else:
-        state = "queued"  # the next advance submits what is waiting
+        state = RunState.QUEUED  # the next advance submits what is waiting
     next_step = NEXT_STEP.get(state, "").format(run=layout.run_id)
-    if disk and state in ("failed", "stopped"):
+    if disk and state in (RunState.FAILED, RunState.STOPPED):
         next_step = f"{disk}: make room (or mount it writable), then `pipeline retry {layout.run_id}`"
     return {"run": layout.run_id, "state": state, "dir": str(layout.dir), "executor": report.get("executor"),
             "next": next_step, "disk": disk,
@@ -161,25 +153,25 @@ def run_status(layout: RunLayout, report: dict) -> dict:
 
 # what a user types to go on from a run in this state
 NEXT_STEP = {
-    "stopped": "nothing drives it any more (its loop ended with the process that ran it); continue it with "
+    RunState.STOPPED: "nothing drives it any more (its loop ended with the process that ran it); continue it with "
                "`pipeline retry {run}`",
-    "cancelled": "continue it with `pipeline retry {run}`",
-    "failed": "see the failed tasks' logs; after fixing the cause, `pipeline retry {run}` runs them again",
+    RunState.CANCELLED: "continue it with `pipeline retry {run}`",
+    RunState.FAILED: "see the failed tasks' logs; after fixing the cause, `pipeline retry {run}` runs them again",
 }
 
 
 def _stage_state(states: list[str]) -> str:
-    for state in ("failed", "running", "blocked", "cancelled", "stopped"):
+    for state in (TaskState.FAILED, TaskState.RUNNING, TaskState.BLOCKED, TaskState.CANCELLED, TaskState.STOPPED):
         if state in states:
             return state
-    if all(s == "done" for s in states):
-        return "done"
-    if "done" in states:
-        return "running"
-    for state in ("queued", "waiting-for-resources"):
+    if all(s == TaskState.DONE for s in states):
+        return TaskState.DONE
+    if TaskState.DONE in states:
+        return TaskState.RUNNING
+    for state in (TaskState.QUEUED, TaskState.WAITING_FOR_RESOURCES):
         if state in states:
             return state
-    return "waiting-for-input"
+    return TaskState.WAITING_FOR_INPUT
 
 
 def format_eta(seconds: float | None) -> str:

@@ -9,9 +9,23 @@ import tempfile
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def decoding(**keys):
+    """A checked Config whose diffusion and sample sections hold these keys (each goes to the
+    section that has it): what `sample_tokens` reads."""
+    import dataclasses
+
+    from diffusion.config import Config, DataConfig, DiffusionConfig, SampleConfig, checked, from_dict
+
+    names = {f.name for f in dataclasses.fields(DiffusionConfig)}
+    diffusion = from_dict(DiffusionConfig, {k: v for k, v in keys.items() if k in names}, "diffusion")
+    sample = from_dict(SampleConfig, {k: v for k, v in keys.items() if k not in names}, "sample")
+    return checked(Config(data=DataConfig(synthetic_pairs=1), diffusion=diffusion, sample=sample), nested=False)
 
 
 def tiny_config(train_path, **train) -> dict:
@@ -61,3 +75,55 @@ def slurm_is_up() -> bool:
         return False
     state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout.strip()
     return state in ("idle", "mix", "alloc", "comp")
+
+
+# The tiers (`make test-fast` leaves out integration and slurm): integration tests spawn the CLI,
+# a trainer or a job; slurm tests need the real local Slurm (env/local-slurm.sh), and skip,
+# saying so, where there is none.
+integration = pytest.mark.integration
+needs_slurm = [pytest.mark.slurm, pytest.mark.skipif(not slurm_is_up(), reason="no local Slurm: run "
+                                                       "`bash env/local-slurm.sh up` as root")]
+
+
+def slurm_test(test):
+    for mark in needs_slurm:
+        test = mark(test)
+    return test
+
+
+def tiny_denoiser(**kw):
+    """An untrained denoiser of a few thousand parameters over a vocabulary of 60."""
+    import torch
+
+    from diffusion.config import ModelConfig
+    from diffusion.model import Denoiser
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=60, embed_dim=16, hidden_size=32, num_layers=1, num_heads=2, ffn_size=64,
+                      max_positions=24, dropout=0.0, **kw)
+    return Denoiser(cfg).eval()
+
+
+class Recorder:
+    """Wraps a denoiser and records the `previous_z_0` of every call and what the call returned."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.calls = denoiser, []
+        self.original = denoiser.forward
+
+        def forward(z_t, t, previous_z_0=None, **kw):
+            out = self.original(z_t, t, previous_z_0, **kw)
+            self.calls.append((None if previous_z_0 is None else previous_z_0.clone(), out.detach().clone()))
+            return out
+        denoiser.forward = forward
+
+
+def small_batch():
+    """Six sequences of 24: source positions 0-9, target 10-23."""
+    import torch
+
+    torch.manual_seed(1)
+    ids = torch.randint(4, 60, (6, 24))
+    mask = torch.zeros(6, 24, dtype=torch.long)
+    mask[:, 10:] = 1
+    return ids, mask

@@ -45,7 +45,7 @@ def chain(python: str, config: Path, data_dir: Path, run: Path, split: Path, exa
     """The shell commands of one variant: train, sample its last checkpoint, diagnose it."""
     last = f"$(ls -d {run}/checkpoints/step_* | tail -1)"
     return (f"{python} -m diffusion.train {config} {run} --data-dir {data_dir} > {run}/train.out 2>&1 && "
-            f"{python} -m diffusion.sample {last} {split} {run}/samples.jsonl --max-examples {examples} "
+            f"{python} -m diffusion.sample {last} {split} {run}/samples.jsonl --set sample.max_examples={examples} "
             f"> {run}/sample.out 2>&1 && "
             f"{python} -m diffusion.diagnostics {last} {split} --max-examples {examples} > {run}/diagnostics.json")
 

@@ -23,7 +23,7 @@ if [ "$NGPU" -ge 2 ]; then
   cp $W/two/train_log.jsonl "$OUT/two_gpu_train_log.jsonl"
 fi
 run sample 600 env CUDA_VISIBLE_DEVICES=0 python3 -m diffusion.sample $W/one/checkpoints/step_$(printf %07d $STEPS2) \
-  .device/data/valid.jsonl "$OUT/samples.jsonl" --max-examples ${SAMPLES:-512} --batch-size ${SAMPLES:-512}
+  .device/data/valid.jsonl "$OUT/samples.jsonl" --set sample.max_examples=${SAMPLES:-512} --set sample.batch_size=${SAMPLES:-512}
 du -sh $W/one/checkpoints/* | tee -a "$OUT/checkpoints.txt"
 # throughput (issue 5): one JSON line each, in $OUT/results.jsonl
 if [ "${BENCH:-1}" = 1 ]; then

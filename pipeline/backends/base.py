@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-LIVE = {"PENDING", "READY", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED", "CONFIGURING",
-        "RESIZING", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
+from ..states import JobState
+
+LIVE = {JobState.PENDING, JobState.RUNNING, JobState.UNKNOWN, JobState.COMPLETING, "READY", "REQUEUED", "PREEMPTED",
+        "CONFIGURING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
 
 
 def is_live(state: str) -> bool:
@@ -43,7 +45,7 @@ def query_watcher(watcher, job_ids: list[str]) -> dict[str, str]:
     for jid in job_ids:
         watcher.register_job(jid)
     watcher.update()
-    return {jid: (watcher.get_state(jid, mode="cache") or "UNKNOWN").split()[0].upper() for jid in job_ids}
+    return {jid: (watcher.get_state(jid, mode="cache") or JobState.UNKNOWN).split()[0].upper() for jid in job_ids}
 
 
 class Backend:

@@ -7,6 +7,7 @@ import os
 import shlex
 from pathlib import Path
 
+from ..states import JobState
 from .base import Backend
 
 KILL_WAIT_S = 30.0  # between SIGTERM and SIGKILL, as Slurm's default KillWait: time for a checkpoint
@@ -109,7 +110,7 @@ class Local(Backend):
         return executor
 
     def query(self, job_ids):
-        return {jid: "RUNNING" if process_alive(int(jid)) else "FINISHED" for jid in job_ids}
+        return {jid: JobState.RUNNING if process_alive(int(jid)) else JobState.FINISHED for jid in job_ids}
 
     def cancel(self, job_ids):
         return stop_processes([int(jid) for jid in job_ids])

@@ -1,6 +1,8 @@
 """The benchmark runs on the CPU at a tiny size (its figures come from GPU runs, not from CI)."""
 
-from tests.helpers import run_module
+from tests.helpers import integration, run_module
+
+pytestmark = integration  # each test spawns the CLI or a trainer
 
 
 def test_benchmark_runs_and_reports_its_figures():

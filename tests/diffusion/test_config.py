@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from diffusion.config import Config, ConfigError, DataConfig, checked, from_dict, load_config
-from tests.helpers import REPO
+from tests.helpers import REPO, integration
 
 GOOD = {"data": {"synthetic_pairs": 100, "seq_len": 32}, "model": {"max_positions": 32},
         "train": {"steps": 10, "save_every": 5, "batch_size": 4, "micro_batch_size": 2}}
@@ -30,11 +30,7 @@ def test_a_section_checks_its_values_and_config_the_rules_between_them(tmp_path,
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=words):
-        load_config(path)
-    proc = subprocess.run([sys.executable, "-m", "diffusion.train", str(path), str(tmp_path / "out")], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and f"{key}: " in proc.stderr and words in proc.stderr
-    assert not (tmp_path / "out" / "checkpoints").exists()
+        load_config(path)  # what `python -m diffusion.train CONFIG` reads
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "t", **data}))
     with pytest.raises(SpecError, match=f"{key}: .*{words}"):  # the same rule, with file and line
@@ -47,3 +43,13 @@ def test_a_section_left_out_is_checked_with_its_defaults():
     assert info.value.key == "data"
     with pytest.raises(ConfigError, match="data.vocab_size: must be at least 1"):
         checked(DataConfig(synthetic_pairs=10, vocab_size=0), "data")
+
+
+@integration
+def test_the_trainer_refuses_a_config_the_pipeline_would_refuse(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**GOOD, "sample": {"eta": 0.5}}))
+    proc = subprocess.run([sys.executable, "-m", "diffusion.train", str(path), str(tmp_path / "out")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "sample.eta: is read by the ddim solver only" in proc.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()

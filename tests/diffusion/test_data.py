@@ -7,10 +7,12 @@ import torch
 
 from diffusion import data
 from diffusion.pairs import diffuseq_split
+from tests.conftest import QQP_TRAIN, needs_qqp
+from tests.helpers import integration
 from diffusion.config import MIN_SEQ_LEN
 from diffusion.data import CLS, PAD, SEP, DataError
 
-QQP = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qqp"
+QQP = QQP_TRAIN.parent
 N_PAIRS = 3000
 
 
@@ -24,6 +26,8 @@ def datasets_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
+    if not QQP_TRAIN.is_file():
+        pytest.skip(needs_qqp.kwargs["reason"])
     import datasets.config
 
     old = datasets.config.HF_DATASETS_CACHE
@@ -170,6 +174,8 @@ def test_encode_no_pairs(tok):
     assert input_ids.shape == input_mask.shape == (0, 16)
 
 
+@needs_qqp
+@integration
 def test_tokenizer_ids_are_the_same_in_every_process(tmp_path):
     # the trainer numbers its alphabet in hash-map order; a resumed run in a new process must
     # get the same ids, so train twice in fresh interpreters and compare the files

@@ -3,16 +3,18 @@
 import pytest
 import torch
 
+from diffusion.config import DiffusionConfig
 from diffusion.objective import DiffusionObjective
 from diffusion.sampling import nearest_embedding, sample_tokens
 from diffusion.schedule import Schedule
+from tests.helpers import decoding
 
 T = 50
 
 
 def test_target_mode_training_keeps_the_source_clean(batch, denoiser):
     ids, mask = batch
-    objective = DiffusionObjective(denoiser, Schedule.named("sqrt", T), "target")
+    objective = DiffusionObjective(denoiser, Schedule.named("sqrt", T), DiffusionConfig(noising="target"))
     t = torch.full((4,), T - 1)
     _, z_0, z_t = objective.noised(ids, mask, t)
     src, trg = mask == 0, mask == 1
@@ -22,7 +24,7 @@ def test_target_mode_training_keeps_the_source_clean(batch, denoiser):
 
 def test_full_mode_training_noises_the_source(batch, denoiser):
     ids, mask = batch
-    objective = DiffusionObjective(denoiser, Schedule.named("sqrt", T), "full")
+    objective = DiffusionObjective(denoiser, Schedule.named("sqrt", T), DiffusionConfig(noising="full"))
     _, z_0, z_t = objective.noised(ids, mask, torch.full((4,), T - 1))
     assert not torch.allclose(z_t[mask == 0], z_0[mask == 0], atol=0.1)
     terms = objective(ids, mask, torch.tensor([0, 5, 20, T - 1]))
@@ -37,7 +39,7 @@ def test_source_noise_gives_the_source_its_share_of_the_targets_noise_variance(b
 
     def noised(share, noising="full"):
         torch.manual_seed(3)
-        return DiffusionObjective(denoiser, schedule, noising, source_noise=share).noised(ids, mask, t)
+        return DiffusionObjective(denoiser, schedule, DiffusionConfig(noising=noising, source_noise=share)).noised(ids, mask, t)
 
     _, z_0, full = noised(1.0)
     _, _, shared = noised(0.25)
@@ -57,9 +59,9 @@ def record_states(denoiser, batch, noising, full_mode, schedule=None, solver="dd
     """(the state the denoiser saw at every step, the clean embedding, the source mask, the tokens)."""
     ids, mask = batch
     states = {}
-    tokens = sample_tokens(denoiser, schedule or Schedule.named("sqrt", T), ids, mask, noising, full_mode, solver=solver,
-                           source_noise=source_noise, generator=torch.Generator().manual_seed(1),
-                           on_step=lambda t, z: states.__setitem__(t, z.clone()))
+    tokens = sample_tokens(denoiser, schedule or Schedule.named("sqrt", T), ids, mask,
+                           decoding(noising=noising, full_mode=full_mode, solver=solver, source_noise=source_noise),
+                           generator=torch.Generator().manual_seed(1), on_step=lambda t, z: states.__setitem__(t, z.clone()))
     return states, denoiser.embed(ids), mask == 0, tokens
 
 
@@ -99,7 +101,7 @@ def test_conditional_sampling_with_source_noise_puts_the_source_back_at_its_shar
 
 
 def test_joint_sampling_refuses_a_source_noise_share(batch, denoiser):
-    with pytest.raises(ValueError, match="source_noise 0.5 needs conditional sampling"):
+    with pytest.raises(ValueError, match="diffusion.source_noise: 0.5 needs sample.full_mode conditional"):
         record_states(denoiser, batch, "full", "joint", source_noise=0.5)
 
 

@@ -1,6 +1,9 @@
 """Training on DeepSpeed (CPU, gloo): learning, exact resume, two ranks, checkpoints."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,7 +12,10 @@ from diffusion import checkpoint, manifest, metrics
 from diffusion.corpus import write_corpus
 from diffusion.sample import generate
 from diffusion.model import Denoiser
-from tests.helpers import read_log, run_module, tiny_config, write_config
+from diffusion.data import encode_pairs
+from tests.helpers import REPO, integration, read_log, run_module, tiny_config, write_config
+
+pytestmark = integration  # each test spawns the CLI or a trainer
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +79,7 @@ def test_two_rank_zero_run_agrees_across_ranks_and_samples_on_one_process(tmp_pa
     folder = tmp_path / "run" / "checkpoints" / "step_0000008"
     meta = checkpoint.verify(folder)
     assert meta["world_size"] == 2 and (folder / "rank_00001.pt").is_file()
-    (summary,) = run_module("diffusion.sample", folder, corpus["valid"], tmp_path / "s.jsonl", "--max-examples", 8)
+    (summary,) = run_module("diffusion.sample", folder, corpus["valid"], tmp_path / "s.jsonl", "--set", "sample.max_examples=8")
     rows = [json.loads(line) for line in open(tmp_path / "s.jsonl")]
     assert summary["pairs"] == 8 and len(rows) == 8 and set(rows[0]) == {"src", "ref", "hyp"}
 
@@ -119,3 +125,117 @@ def test_zero0_clips_the_gradients_as_deepspeed_does_under_zero2_once_a_step(tmp
     zero0, zero2, unclipped = exported["zero0"], exported["zero2"], exported["unclipped"]
     assert all(torch.allclose(zero0[k], zero2[k], rtol=1e-5, atol=1e-7) for k in zero0)
     assert max((zero0[k] - unclipped[k]).abs().max().item() for k in zero0) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("small_corpus"), n_train=600, n_valid=20, n_test=5)
+
+
+BEFORE_BUDGET_KEYS = "eeafd91"  # the last commit before the budget-recipe keys existed
+
+
+@pytest.mark.parametrize("zero_stage", [2, 0])
+def test_with_every_new_key_at_its_default_training_is_bitwise_what_it_was(tmp_path, small_corpus, zero_stage):
+    """The same tiny run by the trainer of commit eeafd91 (from this clone's history) and by today's:
+    the same floats and the same parameters. Compared on this machine, not against recorded floats,
+    which differ between CPUs (an AMD and an Intel machine disagreed in the 7th digit). ZeRO-0 too:
+    on one rank today's trainer skips DeepSpeed's all-reduce, which must change no float."""
+    old = tmp_path / "old"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE_BUDGET_KEYS, "diffusion"], capture_output=True)
+    assert archive.returncode == 0, f"needs the git history of {BEFORE_BUDGET_KEYS} (a full clone): {archive.stderr[-300:]}"
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(small_corpus["train"], steps=6, save_every=6,
+                                                        zero_stage=zero_stage))
+    (summary,) = run_module("diffusion.train", cfg, tmp_path / "run")
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(old)}
+    before = subprocess.run([sys.executable, "-m", "diffusion.train", str(cfg), str(tmp_path / "before")], cwd=old,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert before.returncode == 0, before.stderr[-2000:]
+    before_summary = json.loads(before.stdout.strip().splitlines()[-1])
+    log = read_log(tmp_path / "run")
+    assert [r["loss"] for r in log] == [r["loss"] for r in read_log(tmp_path / "before")]
+    assert summary["parameters_sha256"] == before_summary["parameters_sha256"]
+    # the log now carries each term and both speeds; untrimmed, every position is counted
+    assert set(log[-1]["terms"]) == {"mse", "nll", "tT", "mse_source", "mse_target"}
+    assert 0 < log[-1]["real_tokens_per_s"] < log[-1]["tokens_per_s"]
+
+
+def test_adam_beta2_reaches_the_optimizer_and_nothing_before_it(tmp_path, small_corpus):
+    losses = {}
+    for beta2 in (0.999, 0.95):
+        cfg = write_config(tmp_path / f"c{beta2}.yaml", tiny_config(small_corpus["train"], steps=3, save_every=3, adam_beta2=beta2))
+        run_module("diffusion.train", cfg, tmp_path / f"run{beta2}")
+        losses[beta2] = [r["loss"] for r in read_log(tmp_path / f"run{beta2}")]
+    assert losses[0.999][0] == losses[0.95][0]  # the same first batch through the same initial weights
+    assert losses[0.999][1:] != losses[0.95][1:]  # then the updates differ
+
+
+def budget_config(train_path, **train):
+    cfg = tiny_config(train_path, **train)
+    cfg["data"]["trim"] = True
+    cfg["model"]["self_condition"] = True
+    cfg["diffusion"]["anchor_loss"] = 1.0
+    cfg["model"]["norm"] = "pre"
+    cfg["train"].update(ema_warmup=True, warmup_steps=4, grad_clip=1.0)
+    return cfg
+
+
+def test_resume_stays_bitwise_with_the_new_keys_on(tmp_path, small_corpus):
+    cfg = write_config(tmp_path / "c.yaml", budget_config(small_corpus["train"], steps=9, save_every=3))
+    run_module("diffusion.train", cfg, tmp_path / "straight")
+    run_module("diffusion.train", cfg, tmp_path / "resumed", "--stop-after", 3)
+    run_module("diffusion.train", cfg, tmp_path / "resumed")
+    straight, resumed = read_log(tmp_path / "straight"), read_log(tmp_path / "resumed")
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
+    assert [r["terms"] for r in resumed] == [r["terms"] for r in straight]
+    assert "anchor" in straight[-1]["terms"]
+    a = torch.load(tmp_path / "straight/checkpoints/step_0000009/model.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "resumed/checkpoints/step_0000009/model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_trimmed_decoding_reads_untrimmed_references(tmp_path, small_corpus):
+    from diffusion.checkpoint import load_exported
+    from diffusion.data import decode, split_sequence
+    from diffusion.sample import generate
+
+    cfg = budget_config(small_corpus["train"], steps=2, save_every=2)
+    cfg["data"]["target_ratio"] = 0.0
+    cfg["data"]["target_margin"] = 4  # room for two target tokens: most references are longer
+    run_module("diffusion.train", write_config(tmp_path / "c.yaml", cfg), tmp_path / "run")
+    trained_cfg, denoiser, tokenizer = load_exported(tmp_path / "run/checkpoints/step_0000002")
+    pairs = [json.loads(line) for line in open(small_corpus["valid"])]
+    rows = generate(denoiser, trained_cfg, tokenizer, pairs, 101, trained_cfg.sample, torch.device("cpu"))
+    full_ids, full_mask = encode_pairs(tokenizer, pairs, trained_cfg.data.seq_len)
+    references = [decode(tokenizer, split_sequence(i, m)[1]) for i, m in zip(full_ids, full_mask)]
+    assert [r["ref"] for r in rows] == references  # in the order of the pairs, not of the widths
+    assert max(len(tokenizer.encode(r, add_special_tokens=False).ids) for r in references) > 2
+
+
+@pytest.mark.parametrize("noising", ["target", "full"])
+def test_seeds_decoded_together_get_the_tokens_each_gets_alone(tmp_path, small_corpus, noising):
+    import dataclasses
+
+    from diffusion.checkpoint import load_exported
+    from diffusion.sample import generate, generate_seeds
+
+    run_module("diffusion.train", write_config(tmp_path / "c.yaml", budget_config(small_corpus["train"], steps=2, save_every=2)),
+               tmp_path / "run")
+    cfg, denoiser, tokenizer = load_exported(tmp_path / "run/checkpoints/step_0000002")
+    cfg = dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, noising=noising))
+    # DDPM draws fresh noise at every step (and full noising re-noises the source): every draw counts
+    sample_cfg = dataclasses.replace(cfg.sample, solver="ddpm", steps=8, batch_size=48)
+    pairs = [json.loads(line) for line in open(small_corpus["valid"])][:40]
+    rows_seen = []
+    forward = denoiser.forward
+    denoiser.forward = lambda z, *args: (rows_seen.append(len(z)), forward(z, *args))[1]
+    together = generate_seeds(denoiser, cfg, tokenizer, pairs, [101, 102, 103], sample_cfg, torch.device("cpu"))
+    calls_together, rows_together = len(rows_seen), sum(rows_seen)
+    rows_seen.clear()
+    alone = [generate(denoiser, cfg, tokenizer, pairs, seed, sample_cfg, torch.device("cpu")) for seed in (101, 102, 103)]
+    assert calls_together < len(rows_seen) and rows_together == sum(rows_seen)  # fewer, fuller batches
+    assert max(rows_seen) <= sample_cfg.batch_size
+    assert together == alone
+    assert together[0] != together[1]  # the seeds do differ

@@ -8,12 +8,13 @@ changes every estimate; with the width mask it cannot.
 import pytest
 import torch
 
-from diffusion.config import DataConfig, ModelConfig
+from diffusion.config import DataConfig, DiffusionConfig, ModelConfig
 from diffusion.data import PAD, batch_width, build_sequence, sequence_widths, target_budget, within_width
 from diffusion.model import Denoiser
 from diffusion.objective import DiffusionObjective
 from diffusion.sampling import sample_tokens
 from diffusion.schedule import Schedule
+from tests.helpers import decoding
 
 SEQ_LEN = 40
 TRIM = DataConfig(trim=True, target_ratio=1.5, target_margin=4, seq_len=SEQ_LEN)
@@ -59,8 +60,9 @@ def test_trimmed_and_untrimmed_decoding_give_the_same_tokens_when_masked(noising
 
     def decode(columns: int, masked: bool = True):
         cut_ids, cut_mask = ids[:, :columns], mask[:, :columns]
-        return sample_tokens(denoiser, Schedule.named("sqrt", 12), cut_ids, cut_mask, noising=noising, solver=solver,
-                             rounding="logits", generator=torch.Generator().manual_seed(5),
+        return sample_tokens(denoiser, Schedule.named("sqrt", 12), cut_ids, cut_mask,
+                             decoding(noising=noising, solver=solver, rounding="logits"),
+                             generator=torch.Generator().manual_seed(5),
                              within_width=within_width(cut_mask, TRIM) if masked else None)
 
     trimmed, untrimmed = decode(width), decode(SEQ_LEN)
@@ -83,19 +85,11 @@ def test_masked_training_terms_ignore_whatever_lies_past_each_width():
         return objective(batch_ids, mask, t)
 
     for noising in ("target", "full"):
-        masked = DiffusionObjective(tiny_denoiser(width_mask=True, self_condition=True), Schedule.named("sqrt", 50), noising,
-                                    anchor_loss=1.0, within_width=lambda m: within_width(m, TRIM))
+        masked = DiffusionObjective(tiny_denoiser(width_mask=True, self_condition=True), Schedule.named("sqrt", 50),
+                                    DiffusionConfig(noising=noising, anchor_loss=1.0),
+                                    within_width=lambda m: within_width(m, TRIM))
         a, b = terms(masked, ids), terms(masked, scrambled)
         for name in a:
             assert torch.allclose(a[name], b[name], rtol=1e-5, atol=1e-6), name
-        plain = DiffusionObjective(tiny_denoiser(), Schedule.named("sqrt", 50), noising, anchor_loss=1.0)
+        plain = DiffusionObjective(tiny_denoiser(), Schedule.named("sqrt", 50), DiffusionConfig(noising=noising, anchor_loss=1.0))
         assert not torch.allclose(terms(plain, ids)["loss"], terms(plain, scrambled)["loss"])
-
-
-def test_width_mask_without_trimming_is_refused_by_name():
-    from pipeline.spec import SpecError, load_spec
-    from tests.conftest import REPO
-
-    with pytest.raises(SpecError, match="model.width_mask: needs data.trim"):
-        load_spec(REPO / "jobs/qqp_fast_target.yaml", ["model.width_mask=true", "data.trim=false"])
-    assert load_spec(REPO / "jobs/qqp_fast_target.yaml", ["model.width_mask=true"]).model.width_mask

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from diffusion import atomic
-from tests.helpers import REPO
+from tests.helpers import REPO, integration
 from tests.pipeline.test_pipeline import SMALL, pipeline, status
 
 GOOD = '{"src": "how do i learn python ?", "trg": "what is the best way to learn python ?"}'
@@ -39,6 +39,7 @@ def submit_with_data(tmp_path: Path, train: Path, *extra: str) -> subprocess.Com
     ([], r"train.jsonl: no pairs in the file"),
     ([GOOD] * 3, r"3 training pairs are fewer than one micro-batch \(train.micro_batch_size 4\)"),
 ])
+@integration
 def test_bad_data_is_refused_at_submit_with_file_and_line_and_nothing_written(tmp_path, lines, expected):
     import re
 
@@ -52,6 +53,7 @@ def test_bad_data_is_refused_at_submit_with_file_and_line_and_nothing_written(tm
     assert not (tmp_path / "runs").exists()  # nothing written, nothing queued
 
 
+@integration
 def test_a_train_file_that_is_a_folder_or_not_utf8_is_named(tmp_path):
     (tmp_path / "folder.jsonl").mkdir()
     assert "folder.jsonl: is a folder" in submit_with_data(tmp_path, tmp_path / "folder.jsonl").stderr
@@ -92,6 +94,7 @@ def wait_for(root: Path, run: str, done, timeout: float) -> dict:
 
 # --- Ctrl-C, stopped ---
 
+@integration
 def test_ctrl_c_during_wait_stops_the_following_not_the_study(tmp_path):
     root = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
@@ -122,6 +125,7 @@ def test_ctrl_c_during_wait_stops_the_following_not_the_study(tmp_path):
     assert "already done" in again.stdout
 
 
+@integration
 def test_a_stopped_run_names_the_command_that_continues_it(tmp_path):
     root = tmp_path / "runs"
     pipeline("submit", "jobs/demo_target.yaml", *SMALL, root=root)
@@ -143,6 +147,7 @@ def samples(tmp_path: Path) -> Path:
                                         '{"src": "what is ai ?", "ref": "what is artificial intelligence ?", "hyp": ""}'])
 
 
+@integration
 def test_offline_scoring_with_a_hub_model_fails_fast_and_names_the_fix(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     started = time.monotonic()
@@ -155,6 +160,7 @@ def test_offline_scoring_with_a_hub_model_fails_fast_and_names_the_fix(tmp_path)
     assert "--bertscore-model PATH" in error and "--no-bertscore" in error and "Retrying" not in proc.stderr
 
 
+@integration
 def test_score_json_carries_every_figure_of_the_text_output(tmp_path):
     path = samples(tmp_path)
     text = pipeline("score", path, "--no-bertscore", root=tmp_path).stdout
@@ -165,6 +171,7 @@ def test_score_json_carries_every_figure_of_the_text_output(tmp_path):
         assert f"{figures[key]:.4f}" in text
 
 
+@integration
 def test_score_names_a_folder_or_a_binary_file(tmp_path):
     proc = pipeline("score", tmp_path, "--no-bertscore", root=tmp_path, check=False)
     assert proc.returncode == 2 and "is a folder" in proc.stderr and str(tmp_path) in proc.stderr
@@ -206,6 +213,7 @@ def test_a_table_of_two_runs_has_a_run_column():
     assert "| Run |" not in markdown(table_rows([metric("seed-1")]))  # one run: no column
 
 
+@integration
 def test_piped_errors_are_one_line(tmp_path):
     run = "a-run-with-a-name-long-enough-to-wrap-an-eighty-column-terminal-line-twice-over-" + "x" * 40
     proc = pipeline("status", run, root=tmp_path / "no-such-root", check=False)

@@ -14,7 +14,7 @@ import pytest
 
 from diffusion import locks
 from pipeline.layout import RunLayout
-from tests.helpers import REPO, tiny_config, write_config
+from tests.helpers import REPO, integration, tiny_config, write_config
 from tests.pipeline.test_pipeline import SMALL, pipeline, status
 
 SLOW = ["--set", "train.steps=2000", "--set", "train.save_every=20", "--set", "train.log_every=5"]
@@ -48,6 +48,7 @@ def trainers_of(run_dir: Path) -> list[psutil.Process]:
 
 # --- one trainer, one process a task ---
 
+@integration
 def test_a_second_trainer_of_one_folder_exits_at_once_naming_the_first(tmp_path):
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps({"src": f"how do i learn topic {i} ?", "trg": f"ways to learn {i} ?"}) + "\n"
@@ -90,6 +91,7 @@ def task_in_subprocess(layout: RunLayout, stage: str, step=None) -> subprocess.P
                             text=True, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
 
 
+@integration
 def test_a_second_process_of_a_task_leaves_it_to_the_first(tmp_path):
     from pipeline.stages import run_task
 
@@ -109,6 +111,7 @@ def test_a_second_process_of_a_task_leaves_it_to_the_first(tmp_path):
     assert not layout.samples(100).exists() and layout.failure("sample", 100) is None
 
 
+@integration
 def test_a_lost_or_damaged_registry_never_starts_a_second_trainer(tmp_path):
     root = tmp_path / "runs"
     pipeline("submit", "jobs/demo_target.yaml", *SMALL, *SLOW, root=root)
@@ -144,6 +147,7 @@ def test_a_lost_or_damaged_registry_never_starts_a_second_trainer(tmp_path):
 
 # --- cancel ---
 
+@integration
 def test_cancel_stops_every_process_of_the_run_and_nothing_is_marked_done_after(tmp_path):
     root = tmp_path / "runs"
     pipeline("submit", "jobs/demo_target.yaml", *SMALL, *SLOW, root=root)
@@ -175,6 +179,7 @@ def test_a_task_that_finishes_after_cancel_is_not_marked_done(tmp_path):
 
 # --- outputs checked before they count ---
 
+@integration
 def test_a_done_task_whose_output_was_lost_is_named_and_retry_redoes_it(tmp_path):
     root = tmp_path / "runs"
     pipeline("submit", "jobs/demo_target.yaml", *SMALL, "--wait", root=root)
@@ -214,6 +219,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@integration
 def test_a_full_disk_is_named_and_retry_goes_on_once_there_is_room_and_read_only_is_said_in_one_line(small_disk):
     root = small_disk
     proc = pipeline("submit", "jobs/demo_target.yaml", *SMALL, "--wait", root=root, check=False, timeout=900)
@@ -253,6 +259,7 @@ def cli(*args, cwd: Path, check=True) -> subprocess.CompletedProcess:
     return proc
 
 
+@integration
 def test_every_command_finds_a_run_where_its_site_put_it(tmp_path):
     elsewhere = tmp_path / "cluster-work" / "runs"
     spec = tmp_path / "spec.yaml"
@@ -272,6 +279,7 @@ def test_every_command_finds_a_run_where_its_site_put_it(tmp_path):
     assert "cancelled demo-site" in cli("cancel", "demo-site", cwd=other).stdout
 
 
+@integration
 def test_paths_typed_by_the_user_are_taken_from_the_current_directory_and_root_goes_anywhere(tmp_path):
     cli("submit", REPO / "jobs/demo_target.yaml", *SMALL, "--root", "runs2", cwd=tmp_path)  # --root after the command
     assert (tmp_path / "runs2" / "demo-target" / "spec.yaml").is_file()
@@ -281,6 +289,7 @@ def test_paths_typed_by_the_user_are_taken_from_the_current_directory_and_root_g
     assert "--root" in help_text
 
 
+@integration
 def test_two_values_after_one_set_say_to_repeat_it(tmp_path):
     proc = cli("submit", REPO / "jobs/demo_target.yaml", "--set", "train.steps=10", "train.save_every=5",
                cwd=tmp_path, check=False)
@@ -290,6 +299,7 @@ def test_two_values_after_one_set_say_to_repeat_it(tmp_path):
 
 # --- refused at submit ---
 
+@integration
 def test_a_spec_path_that_is_a_folder_is_named_as_one(tmp_path):
     proc = cli("submit", REPO / "jobs", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "jobs: is a folder, not a job spec" in proc.stderr
@@ -307,6 +317,7 @@ def test_specs_that_cannot_run_are_refused_naming_the_key(override, key, words):
         load_spec(REPO / "jobs/demo_target.yaml", [override])
 
 
+@integration
 def test_the_local_executor_refuses_more_gpus_than_the_machine_has(tmp_path):
     env_before = os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # whatever this machine has: none visible
@@ -323,6 +334,7 @@ def test_the_local_executor_refuses_more_gpus_than_the_machine_has(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing written, no preprocessing started
 
 
+@integration
 def test_score_with_a_model_folder_that_is_not_there_is_one_line(tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_text('{"hyp": "a b", "ref": "a c"}\n')
@@ -331,6 +343,7 @@ def test_score_with_a_model_folder_that_is_not_there_is_one_line(tmp_path):
     assert proc.returncode == 2 and "\n" not in error and "/no/such-model" in error and "Traceback" not in error
 
 
+@integration
 def test_submitting_a_hub_dataset_spec_imports_no_torch(tmp_path):
     script = ("import sys\nfrom pipeline import cli\n"
               "rc = cli.main(['submit', 'jobs/demo_target.yaml', '--set', 'data.synthetic_pairs=null', '--set', "
@@ -368,6 +381,7 @@ def test_a_sampling_task_whose_checkpoint_is_ready_waits_for_cores_not_for_train
     assert sample["sample-0000040"]["state"] == "waiting-for-input"  # its checkpoint is not there yet
 
 
+@integration
 def test_a_piped_wait_prints_progress_lines_as_the_run_goes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--root", str(tmp_path / "runs"), "submit",

@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
-from helpers import REPO
+from helpers import REPO, integration
+
+pytestmark = integration  # each test spawns the CLI or a trainer
 
 SCRIPT = """
 import json, sys

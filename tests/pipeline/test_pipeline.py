@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.layout import LayoutError, RunLayout
-from tests.helpers import REPO
+from tests.helpers import REPO, integration
+
+pytestmark = integration  # each test spawns the CLI or a trainer
 
 # the demo, shrunk so that a whole study takes well under a minute on 2 cores
 SMALL = ["--set", "train.steps=40", "--set", "train.save_every=20", "--set", "train.log_every=10",

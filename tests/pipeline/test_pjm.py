@@ -21,13 +21,12 @@ import submitit
 from submitit.core import job_environment, plugins, utils
 
 from pipeline import pjm
-from tests.helpers import slurm_is_up
+from tests.helpers import slurm_test
 
 STANDINS = Path(__file__).parent / "pjm_standins"
 GOLDEN = Path(__file__).parent / "golden"
 
 
-needs_slurm = pytest.mark.skipif(not slurm_is_up(), reason="no local Slurm: run `bash env/local-slurm.sh up` as root")
 
 
 @pytest.fixture
@@ -257,7 +256,7 @@ def wait_for_state(job, states, timeout_s=60):
     return state
 
 
-@needs_slurm
+@slurm_test
 def test_e2e_a_function_runs_through_pjsub_and_returns_its_value(standins, tmp_path):
     job = executor_for(tmp_path).submit(operator.add, 2, 3)
     assert job.result() == 5
@@ -266,7 +265,7 @@ def test_e2e_a_function_runs_through_pjsub_and_returns_its_value(standins, tmp_p
     assert [call[0] for call in standins()][:1] == ["pjsub"]
 
 
-@needs_slurm
+@slurm_test
 def test_e2e_a_bulk_job_of_three_and_one_pjstat_call_for_all(standins, tmp_path):
     jobs = executor_for(tmp_path).map_array(os.getenv, ["PJM_BULKNUM"] * 3)
     base = jobs[0].job_id.split("_")[0]
@@ -293,7 +292,7 @@ def test_e2e_a_bulk_job_of_three_and_one_pjstat_call_for_all(standins, tmp_path)
         watcher.update()
 
 
-@needs_slurm
+@slurm_test
 def test_e2e_a_failing_function_shows_as_failed_with_its_exception(standins, tmp_path, monkeypatch):
     monkeypatch.setenv("PJM_STANDIN_BANNER", "Wisteria/BDEC-01 scheduled stop time: 2099/01/01(Thu) 09:00:00")
     job = executor_for(tmp_path).submit(math.sqrt, -1)
@@ -303,7 +302,7 @@ def test_e2e_a_failing_function_shows_as_failed_with_its_exception(standins, tmp
     assert job.get_info(mode="cache")["PJMState"] == "EXT" and job.get_info(mode="cache")["ExitCode"] == "1"
 
 
-@needs_slurm
+@slurm_test
 def test_e2e_cancel_goes_through_pjdel_with_pjm_sub_job_ids(standins, tmp_path):
     jobs = executor_for(tmp_path).map_array(time.sleep, [120, 120])
     base = jobs[0].job_id.split("_")[0]
@@ -313,7 +312,7 @@ def test_e2e_cancel_goes_through_pjdel_with_pjm_sub_job_ids(standins, tmp_path):
     assert [wait_for_state(job, {"CANCELLED", "COMPLETED", "FAILED"}) for job in jobs] == ["CANCELLED"] * 2
 
 
-@needs_slurm
+@slurm_test
 def test_e2e_the_elapse_warning_checkpoints_and_asks_for_a_resubmission(standins, tmp_path):
     sequence = submitit.helpers.FunctionSequence()  # a Checkpointable of the library: no import of this file
     sequence.add(operator.add, 1, 2)

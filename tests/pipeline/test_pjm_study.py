@@ -7,13 +7,12 @@ import os
 import time
 from pathlib import Path
 
-import pytest
 
 from pipeline.layout import RunLayout
-from tests.helpers import slurm_is_up
+from tests.helpers import integration, needs_slurm
 from tests.pipeline.test_pipeline import SMALL, pipeline
 
-pytestmark = pytest.mark.skipif(not slurm_is_up(), reason="no local Slurm for the PJM stand-ins: `bash env/local-slurm.sh up`")
+pytestmark = [*needs_slurm, integration]
 
 
 def pjm_calls(log, command: str) -> int:

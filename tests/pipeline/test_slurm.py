@@ -12,11 +12,11 @@ import time
 import pytest
 
 from pipeline.layout import RunLayout
-from tests.helpers import REPO, slurm_is_up
+from tests.helpers import REPO, integration, needs_slurm
 from tests.pipeline.test_pipeline import SMALL, pipeline
 
 
-pytestmark = pytest.mark.skipif(not slurm_is_up(), reason="no local Slurm: run `bash env/local-slurm.sh up` as root")
+pytestmark = [*needs_slurm, integration]
 
 # one CPU a task, so that sampling a checkpoint can run beside training on the 2-CPU node
 STUDY = [*SMALL, "--set", "train.steps=80", "--set", "train.save_every=40", "--executor", "slurm",

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from diffusion.config import to_dict
+from diffusion.config import ModelConfig, to_dict
 from diffusion.manifest import checkpoint_steps
-from pipeline.sites import SITES_DIR
-from pipeline.spec import REPO, SpecError, freeze, load_frozen, load_spec
+from pipeline.sites import SHIPPED
+from pipeline.spec import SpecError, freeze, load_frozen, load_spec
+from tests.helpers import REPO
 
 JOBS = REPO / "jobs"
 
@@ -171,7 +172,7 @@ def test_unknown_site_and_bad_site_files(tmp_path, monkeypatch):
     # errors inside a site file name that file and line
     sites = tmp_path / "sites"
     sites.mkdir()
-    monkeypatch.setattr("pipeline.sites.SITES_DIR", sites)
+    monkeypatch.setenv("PIPELINE_SITES", str(sites))
     write(sites, "typo.yaml", "executor: slurm\ndefaults:\n  resources:\n    train: {gpu: 4}\n")
     err = error_of(write(tmp_path, "u.yaml", GOOD + "site: typo\n"))
     assert (err.file, err.line, err.key) == (str(sites / "typo.yaml"), 4, "resources.train.gpu")
@@ -181,6 +182,22 @@ def test_unknown_site_and_bad_site_files(tmp_path, monkeypatch):
     write(sites, "var.yaml", "results_root: /x/$NO_SUCH_VARIABLE_HERE/runs\n")
     err = error_of(write(tmp_path, "w.yaml", GOOD + "site: var\n"))
     assert (err.line, err.key) == (1, "site.results_root") and "NO_SUCH_VARIABLE_HERE" in str(err)
+
+
+def test_a_users_own_profile_wins_over_the_shipped_one_of_its_name(tmp_path, monkeypatch):
+    own = tmp_path / "config" / "textdiffusion-pipeline" / "sites"
+    own.mkdir(parents=True)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    assert load_spec(write(tmp_path, "a.yaml", GOOD), site="slurm-generic").site.executor == "slurm"  # shipped
+    write(own, "slurm-generic.yaml", "executor: slurm\naccount: mine\n")
+    write(own, "mycluster.yaml", "executor: pjm\n")
+    assert load_spec(write(tmp_path, "b.yaml", GOOD), site="slurm-generic").site.account == "mine"
+    assert load_spec(write(tmp_path, "c.yaml", GOOD + "site: mycluster\n")).site.executor == "pjm"
+    first = tmp_path / "first"
+    first.mkdir()
+    write(first, "mycluster.yaml", "executor: slurm\n")
+    monkeypatch.setenv("PIPELINE_SITES", str(first))  # before the per-user folder
+    assert load_spec(write(tmp_path, "d.yaml", GOOD + "site: mycluster\n")).site.executor == "slurm"
 
 
 def test_relative_data_paths_are_resolved_against_the_file_that_names_them(tmp_path, monkeypatch):
@@ -266,7 +283,7 @@ def test_evaluate_bertscore_batch_size_reaches_the_scorer(tmp_path, monkeypatch)
     assert calls and set(calls) == {("some-org/tiny", 7)}
 
 
-@pytest.mark.parametrize("site", sorted(p.stem for p in SITES_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("site", sorted(p.stem for p in SHIPPED.glob("*.yaml")))
 def test_every_site_profile_loads(site):
     assert load_spec(JOBS / "demo_target.yaml", site=site).site.name == site
 
@@ -291,3 +308,68 @@ def test_shipped_specs_differ_only_in_mode():
     for d in (t, f):
         del d["name"], d["diffusion"]["noising"], d["evaluate"]["label"], d["sample"]["full_mode"]
     assert t == f
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("data.target_margin", 2, "at least 3"),
+    ("data.target_ratio", -1, "at least 0"),
+    ("diffusion.anchor_loss", -0.5, "at least 0"),
+    ("train.warmup_steps", -1, "at least 0"),
+    ("sample.rounding", "nearest", "must be one of"),
+    ("sample.pad_penalty", -1, "at least 0"),
+    ("diffusion.source_noise", 1.5, "must be in \\[0, 1\\]"),
+    ("diffusion.source_noise", 0.5, "read by full noising only"),
+    ("sample.soft_temperature", 0, "must be positive"),
+    ("train.adam_beta2", 1.0, "must be in \\(0, 1\\)"),
+    ("model.norm", "middle", "must be one of"),
+    ("sample.soft_temperature", 0.5, "read by rounding soft only"),
+    ("sample.min_target_tokens", -1, "at least 0"),
+    ("sample.min_target_tokens", 7, "7 do not fit a trimmed target of data.target_margin 8"),
+])
+def test_budget_keys_are_validated_with_named_errors(key, value, message):
+    with pytest.raises(SpecError, match=f"{key}: .*{message}"):
+        load_spec(REPO / "jobs/qqp_fast_target.yaml", [f"{key}={value}"])
+
+
+def test_min_target_tokens_with_soft_rounding_is_refused_by_name():
+    with pytest.raises(SpecError, match="sample.min_target_tokens: needs a rounding that picks tokens"):
+        load_spec(REPO / "jobs/qqp_fast_target.yaml", ["sample.min_target_tokens=1", "sample.rounding=soft"])
+
+
+def test_source_noise_with_joint_sampling_is_refused_by_name():
+    with pytest.raises(SpecError, match="diffusion.source_noise: 0.5 needs sample.full_mode conditional"):
+        load_spec(REPO / "jobs/qqp_fast_full.yaml", ["diffusion.source_noise=0.5", "sample.full_mode=joint"])
+    assert load_spec(REPO / "jobs/qqp_fast_full.yaml", ["diffusion.source_noise=0.5"]).diffusion.source_noise == 0.5
+
+
+def test_the_report_recipe_keeps_every_budget_key_at_its_default():
+    from diffusion.config import DiffusionConfig, SampleConfig, TrainConfig
+
+    for name in ("qqp_target", "qqp_full"):
+        spec = load_spec(REPO / f"jobs/{name}.yaml")
+        assert not spec.data.trim and not spec.model.self_condition
+        assert spec.model.norm == ModelConfig().norm == "post"
+        assert spec.diffusion.anchor_loss == DiffusionConfig().anchor_loss == 0.0
+        assert (spec.train.warmup_steps, spec.train.ema_warmup) == (TrainConfig().warmup_steps, False)
+        assert spec.sample.rounding == SampleConfig().rounding == "l2"
+        assert spec.sample.pad_penalty == SampleConfig().pad_penalty == 0.0
+        assert spec.sample.min_target_tokens == SampleConfig().min_target_tokens == 0
+        assert spec.diffusion.source_noise == DiffusionConfig().source_noise == 1.0
+        assert (spec.sample.solver, spec.sample.steps) == (SampleConfig().solver, None) == ("ddpm", None)
+
+
+@pytest.mark.parametrize("sets, key, message", [
+    (["sample.solver=euler"], "sample.solver", "must be one of"),
+    (["sample.solver=dpm++2m", "sample.steps=1"], "sample.steps", "at least 2 steps"),
+    (["sample.eta=0.5"], "sample.eta", "ddim solver only"),
+    (["sample.solver=ddim", "sample.eta=1.5"], "sample.eta", r"in \[0, 1\]"),
+])
+def test_solver_keys_are_validated_with_named_errors(sets, key, message):
+    with pytest.raises(SpecError, match=f"{key}: .*{message}"):
+        load_spec(REPO / "jobs/qqp_target.yaml", sets)
+
+
+def test_width_mask_without_trimming_is_refused_by_name():
+    with pytest.raises(SpecError, match="model.width_mask: needs data.trim"):
+        load_spec(REPO / "jobs/qqp_fast_target.yaml", ["model.width_mask=true", "data.trim=false"])
+    assert load_spec(REPO / "jobs/qqp_fast_target.yaml", ["model.width_mask=true"]).model.width_mask

@@ -1,0 +1,81 @@
+"""How a step's z_0 prediction is rounded (from t >= sample.clamp_step on): one class a rounding,
+registered by name in ROUNDINGS.
+
+- l2 (DiffuSeq's clamping): the nearest word embedding;
+- logits: the embedding of the decoder's argmax, lm_head(z_0), as the final read-out chooses;
+- soft: no token at all but the decoder's expected embedding under softmax(lm_head(z_0) / T).
+
+Every rounding lowers PAD's score by sample.pad_penalty, and one that picks tokens gives the first
+sample.min_target_tokens target positions text tokens only; the read-out (argmax of lm_head at
+the end) does the same. Importing this module needs no torch: the config's rules come from here;
+the tensor work is sampling.py's.
+"""
+
+from __future__ import annotations
+
+import typing
+
+from .config import Config, RoundingName, SampleConfig, require
+
+
+class Rounding:
+    name = ""
+    picks_tokens = True  # rounds to a token's embedding (min_target_tokens can then insist on text)
+    reads_temperature = False
+    uses_bias = True  # scores with the decoder (lm_head's bias), not by L2 distance
+
+    def __init__(self, denoiser, sample: SampleConfig, input_mask):
+        from .sampling import first_target_positions
+
+        self.denoiser, self.sample = denoiser, sample
+        self.embedding = denoiser.word_embedding.weight
+        self.bias = denoiser.lm_head.bias if self.uses_bias else None
+        k = sample.min_target_tokens
+        # the positions that must hold text, at every rounding and in the read-out
+        self.text_at = first_target_positions(input_mask, k) if k else None
+
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        s = cfg.sample
+        require(not s.min_target_tokens or cls.picks_tokens, "sample.min_target_tokens",
+                "needs a rounding that picks tokens (" + " or ".join(n for n, c in ROUNDINGS.items() if c.picks_tokens)
+                + f"), not {cls.name}")
+        require(s.soft_temperature == 1 or cls.reads_temperature, "sample.soft_temperature",
+                f"is read by rounding soft only (sample.rounding is {cls.name!r})")
+
+    def __call__(self, predicted_z_0):
+        """The rounded z_0 (an embedding)."""
+        return self.denoiser.embed(self.tokens(predicted_z_0)).float()
+
+    def tokens(self, predicted_z_0):
+        """The token of each position, with text at the first target positions where asked."""
+        from .sampling import nearest_embedding
+
+        ids = nearest_embedding(predicted_z_0, self.embedding, bias=self.bias, pad_penalty=self.sample.pad_penalty)
+        if self.text_at is None:
+            return ids
+        at = predicted_z_0.gather(1, self.text_at[..., None].expand(-1, -1, predicted_z_0.shape[-1]))  # (B, k, D)
+        return ids.scatter(1, self.text_at, nearest_embedding(at, self.embedding, bias=self.bias,
+                                                              pad_penalty=self.sample.pad_penalty, text_only=True))
+
+
+class L2Rounding(Rounding):
+    name, uses_bias = "l2", False
+
+
+class LogitsRounding(Rounding):
+    name = "logits"
+
+
+class SoftRounding(Rounding):
+    name, picks_tokens, reads_temperature = "soft", False, True
+
+    def __call__(self, predicted_z_0):
+        from .sampling import soft_embedding
+
+        return soft_embedding(predicted_z_0, self.embedding, self.bias, self.sample.soft_temperature,
+                              self.sample.pad_penalty)
+
+
+ROUNDINGS: dict[str, type[Rounding]] = {cls.name: cls for cls in (L2Rounding, LogitsRounding, SoftRounding)}
+assert set(ROUNDINGS) == set(typing.get_args(RoundingName)), "a rounding without its class, or a class without its name"
