@@ -36,7 +36,8 @@ from diffusion import distributed  # noqa: E402
 from diffusion.batches import BatchStream  # noqa: E402
 from diffusion.bench import sync  # noqa: E402
 from diffusion.data import load_encoded, sequence_widths  # noqa: E402
-from diffusion.train import LossWindow, build, load_data, train_step  # noqa: E402
+from diffusion.train import build, load_data, train_step  # noqa: E402
+from diffusion.train_log import LossWindow  # noqa: E402
 from pipeline.spec import load_spec  # noqa: E402
 
 

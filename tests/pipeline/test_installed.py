@@ -2,6 +2,7 @@
 with nothing read from the source tree."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,10 +12,17 @@ from tests.pipeline.test_pipeline import SMALL
 
 @integration
 def test_the_wheel_installed_elsewhere_submits_the_demo_from_another_folder(tmp_path):
+    # from a copy of the tracked files: a build writes build/ and egg-info beside its sources
+    source = tmp_path / "source"
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (REPO / name).is_file() and not (REPO / name).is_symlink():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     # with this environment's setuptools where it has one; else pip fetches it for an isolated build
     offline = ["--no-build-isolation"] if _has("setuptools") and _has("wheel") else []
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *offline, "-w", str(tmp_path / "dist"),
-                            str(REPO)], capture_output=True, text=True, timeout=600)
+                            str(source)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     site = tmp_path / "site"
