@@ -116,7 +116,7 @@ def print_status(st: dict) -> None:
                 note = f"{note}  {task['reason']}" if note else task["reason"]
             rows.append((stage["stage"] if i == 0 else "", task["task"] if len(stage["tasks"]) > 1 else "", job,
                          task["state"], note))
-    table = Table(title=f"{st['run']}: {st['state']} ({st['executor']})")
+    table = Table(title=f"{st['run']}: {st['state']} ({st['executor']}, site {st['site']})")
     for j, name in enumerate(("stage", "task", "job", "state")):  # what tells the rows apart is never cut
         table.add_column(name, no_wrap=True, min_width=max([len(name), *(len(row[j]) for row in rows)]))
     table.add_column("progress")  # wraps, on a narrow terminal

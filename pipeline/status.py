@@ -146,6 +146,7 @@ def run_status(layout: RunLayout, report: dict) -> dict:
     if disk and state in (RunState.FAILED, RunState.STOPPED):
         next_step = f"{disk}: make room (or mount it writable), then `pipeline retry {layout.run_id}`"
     return {"run": layout.run_id, "state": state, "dir": str(layout.dir), "executor": report.get("executor"),
+            "site": spec.site.name,
             "next": next_step, "disk": disk,
             "stages": stages, "failures": failures, "submitted": report.get("submitted", []),
             "scheduler_queries": 1 if report["states"] else 0}
