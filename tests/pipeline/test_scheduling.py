@@ -1,7 +1,8 @@
-"""The scheduler logic of advance and status, in process and in a second, against a fake Slurm that
-answers sbatch/sacct/scancel as Slurm does and runs nothing (fake_slurm/): what is submitted when,
-waiting for which jobs, as which arrays; one sacct a pass; jobs superseded, resubmitted, given up;
-retry. The real-Slurm tests (test_slurm.py) run the same study for real."""
+"""The scheduler logic of advance and status, in process and in a second, against a fake Slurm and
+a fake PJM that answer as their commands do and run nothing (fake_slurm/, fake_pjm/): what is
+submitted when, waiting for which jobs, as which arrays; one query a pass; jobs superseded,
+resubmitted, given up; retry. The real-Slurm tests (test_slurm.py, test_pjm_study.py) run the
+same study for real."""
 
 import json
 import os
@@ -20,6 +21,7 @@ from pipeline.status import run_status
 from tests.helpers import REPO
 
 FAKE = Path(__file__).parent / "fake_slurm"
+FAKE_PJM = Path(__file__).parent / "fake_pjm"
 
 
 class FakeSlurm:
@@ -50,11 +52,22 @@ def slurm(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def run(tmp_path) -> RunLayout:
-    spec = load_spec(REPO / "jobs/demo_target.yaml", ["site.executor=slurm", "train.steps=40", "train.save_every=20"])
+def pjm(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{FAKE_PJM}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_PJM", str(tmp_path / "pjm.json"))
+    return FakeSlurm(tmp_path / "pjm.json")  # the same JSON shape: jobs, states by index, calls
+
+
+def study(tmp_path, executor: str) -> RunLayout:
+    spec = load_spec(REPO / "jobs/demo_target.yaml", [f"site.executor={executor}", "train.steps=40", "train.save_every=20"])
     layout = RunLayout(tmp_path / "runs", spec.name)
     write_run_inputs(layout, spec, freeze(spec))
     return layout
+
+
+@pytest.fixture
+def run(tmp_path) -> RunLayout:
+    return study(tmp_path, "slurm")
 
 
 def jobs_of(layout: RunLayout) -> dict[str, str]:
@@ -166,3 +179,45 @@ def test_a_job_the_scheduler_does_not_answer_for_is_never_replaced_on_a_guess(sl
     report = advance(run)
     assert report["states"][ids["train"]] == "UNKNOWN"
     assert "train" not in report["submitted"] and jobs_of(run)["train"] == ids["train"]
+
+
+# --- PJM: jobs cannot wait for each other, so each pass submits what has become ready -----------
+
+def test_pjm_tasks_go_out_as_their_inputs_become_ready_with_one_pjstat_a_pass(pjm, tmp_path):
+    run = study(tmp_path, "pjm")
+    assert advance(run)["submitted"] == ["preprocess"]  # nothing else is ready, and nothing can wait
+    assert advance(run)["submitted"] == [] and pjm.calls("pjstat") == 1
+    preprocess = jobs_of(run)["preprocess"]
+    pjm.set(preprocess, "EXT")
+    done(run, "preprocess")
+    assert advance(run)["submitted"] == ["train"] and pjm.calls("pjstat") == 1  # no job unfinished: no query
+    pjm.set(jobs_of(run)["train"], "RUN")  # not listed by pjstat -H: active
+    complete_checkpoint(run, 20)
+    complete_checkpoint(run, 40)
+    report = advance(run)
+    assert pjm.calls("pjstat") == 2
+    assert report["submitted"] == ["sample-0000020", "sample-0000040"]  # one bulk job, while training goes on
+    ids = jobs_of(run)
+    assert ids["sample-0000040"] == ids["sample-0000020"].split("_")[0] + "_1"
+    assert pjm.job(ids["sample-0000020"])["bulk"] == 2 and pjm.job(ids["sample-0000020"])["name"] == "demo-target-sample"
+    st = run_status(run, report)
+    assert {t["task"]: t["state"] for s in st["stages"] for t in s["tasks"]}["train"] == TaskState.QUEUED  # PJM's -H
+    # cannot tell queued from running; the job's own start marker can
+    atomic.write_json(run.started("train", ids["train"]), {"started": 1})
+    st = run_status(run, advance(run, submit=False))
+    assert {t["task"]: t["state"] for s in st["stages"] for t in s["tasks"]}["train"] == TaskState.RUNNING
+
+
+def test_pjm_a_job_killed_by_pjm_is_resubmitted_and_cancel_goes_through_pjdel(pjm, tmp_path):
+    from pipeline.runs import cancel
+
+    run = study(tmp_path, "pjm")
+    advance(run)
+    preprocess = jobs_of(run)["preprocess"]
+    atomic.write_json(run.started("preprocess", preprocess), {"started": 1})
+    pjm.set(preprocess, "EXT:137")  # ended by a signal, without its marker
+    report = advance(run)
+    assert report["submitted"] == ["preprocess"] and jobs_of(run)["preprocess"] != preprocess
+    assert cancel(run) == 0
+    assert pjm.calls("pjdel") == 1 and pjm.job(jobs_of(run)["preprocess"])["state"][""] == "CCL"
+    assert run_status(run, advance(run, submit=False))["state"] == RunState.CANCELLED
