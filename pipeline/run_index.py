@@ -5,8 +5,9 @@ profile's results root put it, from any directory, without --root.
     $XDG_STATE_HOME/textdiffusion-pipeline/runs.json   (default ~/.local/state/...)
     {"runs": {"qqp-full": ["/work/gk77/u123/runs/qqp-full", ...]}}    most recent last
 
-The run folders stay the truth: a folder that no longer holds a run is passed over, and a run
-found in two places is an error that names both.
+The run folders stay the truth: a folder that no longer holds a run is passed over. The current
+directory's `runs/` comes first (two checkouts may each hold a run of one name); a run the index
+knows in two other places is an error that names both.
 """
 
 from __future__ import annotations
@@ -56,16 +57,19 @@ def _is_run(folder: Path) -> bool:
 
 
 def find(run_id: str, root: Path | None) -> RunLayout:
-    """The run's folder: under `root` when one is given, else where the index saw it submitted or
-    under the default root of the current directory."""
+    """The run's folder: under `root` when one is given, else under the current directory's
+    default root, else where the index saw it submitted (an error naming them where that is more
+    than one place)."""
     validate_run_id(run_id)
     if root is not None:
         layout = RunLayout(root, run_id)
         if not _is_run(layout.dir):
             raise UserError(f"no run {run_id!r} under {layout.root}")
         return layout
-    folders = [Path(f) for f in _read().get(run_id, [])] + [Path(DEFAULT_ROOT).resolve() / run_id]
-    found = list(dict.fromkeys(f.resolve() for f in folders if _is_run(f)))
+    here = Path(DEFAULT_ROOT).resolve() / run_id
+    if _is_run(here):  # the folder one stands in first: two checkouts may each hold a run of one name
+        return RunLayout(here.parent, run_id)
+    found = list(dict.fromkeys(f.resolve() for f in map(Path, _read().get(run_id, [])) if _is_run(f)))
     if len(found) > 1:
         raise UserError(f"run {run_id!r} is in {len(found)} places ({', '.join(map(str, found))}); "
                         "choose one with --root")

@@ -197,3 +197,22 @@ def test_narrow_terminals_cut_no_name_that_tells_rows_apart(monkeypatch):
                           task, {**task, "task": "sample-0000120", "step": 120}]}]})
     shown = out.getvalue()
     assert "sample-0000060" in shown and "sample-0000120" in shown and "waiting-for-resources" in shown
+
+
+def test_a_run_of_one_name_in_two_checkouts_is_the_one_where_the_user_stands(tmp_path, monkeypatch):
+    from pipeline import run_index
+    from pipeline.errors import UserError
+    from pipeline.layout import RunLayout
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    layouts = [RunLayout(tmp_path / checkout / "runs", "demo-target") for checkout in ("one", "two")]
+    for layout in layouts:
+        layout.dir.mkdir(parents=True)
+        layout.spec.write_text("name: demo-target\n")
+        assert run_index.remember(layout) is None
+    for layout in layouts:
+        monkeypatch.chdir(layout.root.parent)  # `make demo` then `pipeline results` in each checkout
+        assert run_index.find("demo-target", None).dir == layout.dir
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="is in 2 places.*one/runs/demo-target.*two/runs/demo-target.*--root"):
+        run_index.find("demo-target", None)
