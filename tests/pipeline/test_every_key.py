@@ -11,7 +11,6 @@ class and are read through it, by stage name (getattr(spec.resources, stage)).
 
 import dataclasses
 import sys
-from pathlib import Path
 
 import pytest
 import torch
