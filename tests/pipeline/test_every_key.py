@@ -10,6 +10,7 @@ class and are read through it, by stage name (getattr(spec.resources, stage)).
 """
 
 import dataclasses
+import os
 import sys
 
 import pytest
@@ -84,15 +85,13 @@ def test_every_spec_key_is_read_by_the_code_that_runs_a_study(tmp_path, reads, m
     backend("local").check_resources(spec)
     write_run_inputs(layout, spec, freeze(spec))
     assert run_task(str(layout.dir), "preprocess") == "done"
-    rendezvous = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # a world of one sets them
-    for name in rendezvous:
-        monkeypatch.delenv(name, raising=False)
+    environment = dict(os.environ)  # a world of one sets RANK, MASTER_PORT...: no later process may inherit them
     try:  # the trainer in this process, so that its reads are seen; the train stage then finds it done
         run_trainer(spec.library_config(), layout.dir, layout.data, force_cpu=True)
     finally:
         distributed.teardown()
-        for name in rendezvous:  # not for the stage's trainer process to inherit
-            monkeypatch.delenv(name, raising=False)
+        os.environ.clear()
+        os.environ.update(environment)
     for task in tasks(spec)[1:]:
         assert run_task(str(layout.dir), task.stage, task.step) == "done", task.name
     run_status(layout, advance(layout, submit=False))
@@ -116,7 +115,7 @@ def test_every_spec_key_is_read_by_the_code_that_runs_a_study(tmp_path, reads, m
 
     # each scheduler backend builds each stage's jobs from the site and the resources
     monkeypatch.setenv("PATH", f"{REPO / 'tests/pipeline/fake_slurm'}:{REPO / 'tests/pipeline/pjm_standins'}:"
-                               f"{__import__('os').environ['PATH']}")
+                               f"{os.environ['PATH']}")
     site = load_spec(REPO / "jobs/demo_target.yaml", TINY, site="wisteria-aquarius").site
     gpus = load_spec(REPO / "jobs/qqp_target.yaml").resources  # a stage on GPUs takes the site's GPU partition
     for name in NAMES:
