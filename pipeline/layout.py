@@ -223,7 +223,7 @@ class RunLayout:
     def failure(self, stage: str, step: int | None = None) -> dict | None:
         """Why a task failed ({"error", "log", "retryable"}), a done task with damaged outputs
         included; None when it did not."""
-        damage = self.damage(stage, step) if self.marker(stage, step).is_file() else None
+        damage = self.damage(stage, step)  # None without a done marker
         if damage:
             return {"error": f"{damage}; `pipeline retry {self.run_id}` runs it again with what depends on it",
                     "log": str(self.log(stage, step)), "retryable": False, "damaged": True}

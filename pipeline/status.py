@@ -66,14 +66,16 @@ def run_status(layout: RunLayout, report: dict) -> dict:
     scheduler = backend(report["executor"])
     loop_gone = scheduler.drives_itself and not local_loop_alive(layout)
     every_task = tasks(spec)
+    # each done marker read and its outputs checked once a pass: a login node's shared filesystem
+    done_tasks = {task.name for task in every_task if layout.is_done(task.stage, task.step)}
     # a full or read-only disk: the reason of whatever stopped without a word (no room for one)
-    disk = None if all(layout.is_done(t.stage, t.step) for t in every_task) else refusal(layout.dir)
+    disk = None if len(done_tasks) == len(every_task) else refusal(layout.dir)
     by_name, failures = {}, []
     for task in every_task:
         entry = registry.current(task.name)
         job_state = states.get(entry["job_id"]) if entry else None
-        failure = layout.failure(task.stage, task.step)
-        done = layout.is_done(task.stage, task.step)
+        done = task.name in done_tasks
+        failure = None if done else layout.failure(task.stage, task.step)
         held = None if done or failure or (job_state and is_live(job_state)) else holder(layout, task)
         reason = ""
         if done:
