@@ -1,12 +1,66 @@
-"""The benchmark runs on the CPU at a tiny size (its figures come from GPU runs, not from CI)."""
+"""Each `python -m diffusion.bench` subcommand runs on the CPU at a tiny size and prints the figures
+a user reads (the figures themselves come from GPU runs, not from CI)."""
 
-from tests.helpers import integration, run_module
+import os
+import subprocess
+import sys
 
-pytestmark = integration  # each test spawns the CLI or a trainer
+import pytest
+from tests.helpers import REPO, integration, run_module
+
+pytestmark = integration  # each test spawns the CLI
+
+TINY_TRAIN = ("--tiny", "--batch-size", "32", "--micro-batch", "16", "--steps", "1")
+TINY_SAMPLE = ("--tiny", "--sample-batch", "4", "--sample-steps", "3")
+TRAIN_FIGURES = {"s_per_step", "tokens_per_s_per_gpu", "tokens_per_s_total", "tflops_per_gpu", "share_of_peak",
+                 "share_of_measured_peak", "peak_memory_gib", "first_step_s", "zero_optimization", "loss"}
+SAMPLE_FIGURES = {"sentences_per_s_at_T", "T", "s_per_reverse_step", "s_rounding_per_step",
+                  "rounding_agreement_with_fp32", "peak_memory_gib", "warmup_s", "weights"}
+
+
+def bench_cli(*args) -> subprocess.CompletedProcess:
+    """`python -m diffusion.bench ARGS` whatever its exit status (run_module wants 0)."""
+    return subprocess.run([sys.executable, "-m", "diffusion.bench", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}, timeout=120)
 
 
 def test_benchmark_runs_and_reports_its_figures():
-    (result,) = run_module("diffusion.bench", "--tiny", "--batch-size", "32", "--micro-batch", "16",
-                           "--sample-batch", "4", "--sample-steps", "3", "--steps", "1")
+    """No subcommand: train and sample in one line, with the options of before the subcommands."""
+    (result,) = run_module("diffusion.bench", *TINY_TRAIN, *TINY_SAMPLE)
     assert result["train"]["tokens_per_s_per_gpu"] > 0 and result["sample"]["sentences_per_s_at_T"] > 0
     assert result["world_size"] == 1 and result["precision"] == "fp32"
+    assert TRAIN_FIGURES <= set(result["train"]) and SAMPLE_FIGURES <= set(result["sample"])
+
+
+def test_train_subcommand_reports_throughput_and_profile():
+    (result,) = run_module("diffusion.bench", "train", *TINY_TRAIN, "--zero-stage", "0", "--profile")
+    train = result["train"]
+    assert "sample" not in result and TRAIN_FIGURES <= set(train)
+    assert train["tokens_per_s_per_gpu"] > 0 and train["tflops_per_gpu"] > 0 and 0 < train["share_of_peak"] < 1
+    assert train["peak_memory_gib"] is None and train["share_of_measured_peak"] is None  # no card to read
+    assert result["zero_stage"] == 0 == train["zero_optimization"]["stage"]
+    assert result["batch_size_per_gpu"] == 32 and result["micro_batch"] == 16 and result["parameters"] > 0
+    assert isinstance(train["profile"], dict)  # the host's stalls of one profiled step (none may show on a CPU)
+
+
+@pytest.mark.slow  # two processes (the marker's "multi-process"), about 10 s
+def test_train_subcommand_under_torchrun():
+    """Two ranks at ZeRO-2: one line, from rank 0, counting both ranks' tokens."""
+    (result,) = run_module("diffusion.bench", "train", *TINY_TRAIN, "--zero-stage", "2", nproc=2)
+    train = result["train"]
+    assert result["world_size"] == 2 and train["zero_optimization"]["stage"] == 2
+    assert train["tokens_per_s_total"] == pytest.approx(2 * train["tokens_per_s_per_gpu"])
+
+
+def test_sample_subcommand_reports_throughput():
+    (result,) = run_module("diffusion.bench", "sample", *TINY_SAMPLE)
+    sample = result["sample"]
+    assert "train" not in result and "zero_stage" not in result and SAMPLE_FIGURES <= set(sample)
+    assert sample["sentences_per_s_at_T"] > 0 and sample["T"] == 2000 and sample["batch"] == 4
+    assert sample["weights"] == "fp32" and sample["fidelity"] is None  # the CPU samples in fp32
+    assert result["device"] == "cpu" and result["seq_len"] == 128
+
+
+def test_unknown_subcommand_names_the_subcommands():
+    proc = bench_cli("trian")
+    assert proc.returncode == 2 and "train, sample" in proc.stderr

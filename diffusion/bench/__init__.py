@@ -1,0 +1,23 @@
+"""Speed measurements, one subcommand each; every measurement is one JSON line on stdout (`^{`).
+
+    python -m diffusion.bench train  [--tiny] [--batch-size 2048 --micro-batch 512 --steps 3 --warmup 1]
+                                     [--zero-stage 2 --zero JSON --precision auto --no-compile --profile ...]
+    torchrun --nproc_per_node N -m diffusion.bench train --zero-stage 2           # N ranks, rank 0 prints
+    python -m diffusion.bench sample [--tiny] [--sample-batch 2048 --sample-steps 20 --sample-weights bf16]
+                                     [--no-gelu-epilogue --no-compile --inductor JSON --profile ...]
+    python -m diffusion.bench [--skip-train] [--skip-sample] [train and sample options]   # both, one line
+
+- train (train.py): tokens/s of full DeepSpeed steps on random full-length token ids (as DiffuSeq's
+  own figures were taken), achieved TFLOP/s (6 x parameters x tokens), its share of --peak-tflops
+  and of the bf16 matmul peak measured on this card, peak GPU memory; one line
+  {..., "train": {...}}.
+- sample (sample.py): sentences/s of reverse steps with per-step rounding, extrapolated to T steps,
+  the time of the rounding alone, peak GPU memory; one line {..., "sample": {...}}.
+- no subcommand: both in one line {..., "train": {...}, "sample": {...}}, as before the subcommands
+  (the options of both; --skip-train and --skip-sample leave one out).
+`--tiny` (train, sample) measures a tiny model, so that CI can check the commands run on a CPU.
+"""
+
+from .common import sync
+
+__all__ = ["sync"]  # env/device/step_profile.py imports it from here
