@@ -61,6 +61,26 @@ def test_sample_subcommand_reports_throughput():
     assert result["device"] == "cpu" and result["seq_len"] == 128
 
 
+def test_profile_subcommand_times_every_variant(tmp_path):
+    """The demo's recipe (ZeRO-0, one micro-batch a step) on a smaller corpus (quicker to prepare), clipping
+    on so that the clip variants differ."""
+    lines = run_module("diffusion.bench", "profile", "jobs/demo_target.yaml", "--set", "train.grad_clip=1.0",
+                       "--set", "data.synthetic_pairs=1000", "--steps", "2", "--rounds", "1", "--warmup", "0",
+                       "--workdir", tmp_path)
+    header, warmup, *rounds, shipped_trace, both_trace = lines
+    assert header["device"] == "cpu" and header["grad_clip"] == 1.0 and header["zero_stage"] == 0
+    assert warmup["warmup_s"] >= 0
+    assert [row["variant"] for row in rounds] == ["shipped", "deepspeed_clip", "deepspeed_allreduce", "deepspeed_both"]
+    assert all(row["s_per_step"] > 0 and row["real_tokens_per_s"] > 0 for row in rounds)
+    assert (shipped_trace["profile"], both_trace["profile"]) == ("shipped", "deepspeed_both")
+    assert "CUDA GPU" in shipped_trace["skipped"]  # the kernel trace is the card's
+
+
+def test_profile_subcommand_refuses_zero_2():
+    proc = bench_cli("profile", "jobs/demo_target.yaml", "--set", "train.zero_stage=2")
+    assert proc.returncode == 1 and "ZeRO-0" in proc.stderr
+
+
 def test_unknown_subcommand_names_the_subcommands():
     proc = bench_cli("trian")
-    assert proc.returncode == 2 and "train, sample" in proc.stderr
+    assert proc.returncode == 2 and "train, sample, profile" in proc.stderr

@@ -1,0 +1,157 @@
+"""Where a training step of a recipe spends its time, and what the step's bookkeeping costs:
+`python -m diffusion.bench profile SPEC` (the package doc says how to call it).
+
+Builds SPEC's training exactly as `diffusion.train` does (engine, EMA, timestep sampler, the real
+data in the recipe's batches), then times segments of `--steps` optimizer steps, the variants
+taking turns (ABCD ABCD ...) so that the card's drift between calls and within one falls on all
+of them alike. On one rank at ZeRO-0 (the budget recipe):
+- `shipped`: the trainer as it is: it clips the gradients itself (torch's `clip_grad_norm_`,
+  fused over the tensors) and skips DeepSpeed's all-reduce of one rank;
+- `deepspeed_clip`: DeepSpeed clips instead (a norm and a multiply launched per parameter, two
+  scalars copied to the card, each copy waiting for it), as before 2026-12-03;
+- `deepspeed_allreduce`: DeepSpeed's all-reduce over the one rank again (every gradient
+  flattened, reduced, copied back per parameter);
+- `deepspeed_both`: the trainer as it was.
+(With train.grad_clip 0 nothing is clipped, and `deepspeed_clip` is `shipped` again.)
+Then, on a GPU, a torch.profiler trace of a few steps of `shipped` and `deepspeed_both`: the time
+the card was busy a step beside the wall time, the kernel launches, and the kernels that take the
+time; on the CPU the trace lines say they were skipped, and why.
+Prints JSON lines and a markdown table of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .. import distributed
+from ..batches import BatchStream
+from ..config import Config
+from ..data import load_encoded, sequence_widths
+from ..train import Training, build, load_data, train_step
+from ..train_log import LossWindow
+from .common import device_name, profiler, sync
+
+VARIANTS = ("shipped", "deepspeed_clip", "deepspeed_allreduce", "deepspeed_both")
+TRACED = ("shipped", "deepspeed_both")
+
+
+def spec_config(spec: str, overrides: list[str]) -> Config:
+    """The library's part of a pipeline job spec (its bases, site profile and --set overrides
+    resolved as `pipeline submit` resolves them)."""
+    from pipeline.spec import load_spec  # here, not at the top: the library does not need the pipeline
+
+    return load_spec(spec, overrides).library_config()
+
+
+def patch(run: Training, variant: str, grad_clip: float) -> None:
+    """Put `variant`'s bookkeeping into the training (undoing the previous variant's)."""
+    deepspeed_clip = variant in ("deepspeed_clip", "deepspeed_both")
+    run.clip_norm = 0.0 if deepspeed_clip else grad_clip
+    run.engine._config.gradient_clipping = grad_clip if deepspeed_clip else 0.0
+    run.engine.enable_backward_allreduce = variant in ("deepspeed_allreduce", "deepspeed_both")
+
+
+def segment(run: Training, batches: BatchStream, steps: int, device: torch.device) -> dict:
+    """`steps` optimizer steps as the trainer's loop takes them (log window, EMA), timed to the card."""
+    window = LossWindow(device)
+    sync(device)
+    start = time.monotonic()
+    for _ in range(steps):
+        for terms, input_ids in train_step(run, batches.next, 1):
+            window.add(terms, input_ids)
+        run.ema.update(1000)
+    _, real_tokens = window.means()
+    sync(device)
+    seconds = time.monotonic() - start
+    return {"s_per_step": seconds / steps, "positions_per_s": window.positions / seconds,
+            "real_tokens_per_s": real_tokens / seconds}
+
+
+def trace(run: Training, batches: BatchStream, steps: int, device: torch.device) -> dict:
+    """The card's side of `steps` steps: busy time beside wall time, kernel launches, top kernels."""
+    if device.type != "cuda":
+        return {"skipped": "the kernel trace needs a CUDA GPU (this run is on the CPU)"}
+    sync(device)
+    start = time.monotonic()
+    with profiler(device) as prof:
+        for _ in range(steps):
+            train_step(run, batches.next, 1)
+            run.ema.update(1000)
+        sync(device)
+    wall = time.monotonic() - start
+    events = prof.key_averages()
+    kernels = [e for e in events if str(e.device_type).endswith("CUDA")]  # kernels, copies, memsets
+    busy_us = sum(e.self_device_time_total for e in kernels)
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:12]
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    return {"wall_ms_per_step": 1e3 * wall / steps, "device_busy_ms_per_step": busy_us / 1e3 / steps,
+            "kernel_launches_per_step": launches / steps, "distinct_kernels": len(kernels),
+            "top": [(e.key[:70], round(e.self_device_time_total / 1e3 / steps, 3), e.count // steps) for e in top]}
+
+
+def markdown_table(results: dict[str, list[dict]]) -> str:
+    """Medians over the rounds of each variant, and its real tokens/s against `shipped`."""
+    lines = ["| variant | ms a step (median) | positions/s (median) | real tokens/s (median) | vs shipped |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    base = statistics.median(row["real_tokens_per_s"] for row in results["shipped"])
+    for variant, rows in results.items():
+        real = statistics.median(row["real_tokens_per_s"] for row in rows)
+        lines.append(f"| {variant} | {1e3 * statistics.median(row['s_per_step'] for row in rows):.2f} | "
+                     f"{statistics.median(row['positions_per_s'] for row in rows):,.0f} | {real:,.0f} | "
+                     f"{real / base - 1:+.1%} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m diffusion.bench profile", description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", help="a pipeline job spec, e.g. jobs/qqp_fast_target.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as `pipeline submit --set`")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps a timed segment")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=60, help="untimed steps first (compiles)")
+    parser.add_argument("--profile-steps", type=int, default=10, help="steps of each traced variant (GPU only)")
+    parser.add_argument("--workdir", default="/tmp/step_profile", help="where the spec's data is prepared")
+    args = parser.parse_args(argv)
+
+    cfg = spec_config(args.spec, args.set)
+    env = distributed.setup(False)
+    if cfg.train.zero_stage != 0 or env.world_size != 1:
+        raise SystemExit("profile compares the bookkeeping of one rank at ZeRO-0 (train.zero_stage: 0)")
+    workdir = Path(args.workdir)
+    data_dir, cfg = load_data(cfg, workdir, workdir / "data", env)
+    if cfg.train.batch_size != cfg.train.micro_batch_size:
+        raise SystemExit("profile times one micro-batch a step (batch_size == micro_batch_size)")
+    run = build(cfg, env)
+    input_ids, input_mask = load_encoded(data_dir / "train.pt")
+    widths = sequence_widths(input_mask, cfg.data) if cfg.data.trim else None
+    batches = BatchStream(input_ids, input_mask, cfg.train.micro_batch_size, 0, 1, cfg.train.seed, env.device, widths)
+    run.engine.train()
+    print(json.dumps({"device": device_name(env.device), "torch": torch.__version__, "spec": args.spec, "sets": args.set,
+                      "grad_clip": cfg.train.grad_clip, "zero_stage": cfg.train.zero_stage}), flush=True)
+
+    start = time.monotonic()
+    for variant in VARIANTS:  # every variant's path compiled and warm before timing
+        patch(run, variant, cfg.train.grad_clip)
+        segment(run, batches, args.warmup // len(VARIANTS) + 1, env.device)
+    print(json.dumps({"warmup_s": round(time.monotonic() - start, 1)}), flush=True)
+
+    results = {variant: [] for variant in VARIANTS}
+    for r in range(args.rounds):
+        for variant in VARIANTS:
+            patch(run, variant, cfg.train.grad_clip)
+            row = segment(run, batches, args.steps, env.device)
+            results[variant].append(row)
+            print(json.dumps({"round": r, "variant": variant, **{k: round(v, 5) for k, v in row.items()}}), flush=True)
+    print(markdown_table(results), flush=True)
+
+    for variant in TRACED:
+        patch(run, variant, cfg.train.grad_clip)
+        print(json.dumps({"profile": variant, **trace(run, batches, args.profile_steps, env.device)}), flush=True)
+    distributed.teardown()
+    return 0
