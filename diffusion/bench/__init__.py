@@ -8,6 +8,7 @@
     python -m diffusion.bench [--skip-train] [--skip-sample] [train and sample options]   # both, one line
     python -m diffusion.bench profile SPEC [--set KEY=VALUE ...] [--steps 100] [--rounds 4] [--warmup 60]
                                            [--profile-steps 10] [--workdir /tmp/step_profile]
+    python -m diffusion.bench attention                                           # GPU only
 
 - train (train.py): tokens/s of full DeepSpeed steps on random full-length token ids (as DiffuSeq's
   own figures were taken), achieved TFLOP/s (6 x parameters x tokens), its share of --peak-tflops
@@ -20,6 +21,8 @@
 - profile (profile.py): where a training step of a job spec's recipe (jobs/*.yaml) spends its
   time, the trainer's bookkeeping variants taking turns, then a torch.profiler trace (GPU only);
   a JSON line a timed segment and a markdown table.
+- attention (attention.py): masked attention per SDPA backend, and the denoiser with the width
+  mask, against fp32; one JSON line a length. Without a CUDA GPU it says so and exits 2.
 `--tiny` (train, sample) measures a tiny model, so that CI can check the commands run on a CPU.
 """
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
 from tests.helpers import REPO, integration, run_module
 
 pytestmark = integration  # each test spawns the CLI
@@ -81,6 +83,14 @@ def test_profile_subcommand_refuses_zero_2():
     assert proc.returncode == 1 and "ZeRO-0" in proc.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_attention_subcommand_says_it_needs_a_gpu():
+    proc = bench_cli("attention")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "python -m diffusion.bench attention needs a CUDA GPU (torch sees none here): nothing checked"]
+
+
 def test_unknown_subcommand_names_the_subcommands():
     proc = bench_cli("trian")
-    assert proc.returncode == 2 and "train, sample, profile" in proc.stderr
+    assert proc.returncode == 2 and "train, sample, profile, attention" in proc.stderr
