@@ -18,8 +18,14 @@ Tasks of one stage submitted in one pass with the same dependencies go out as on
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diffusion.config import to_dict
 
 from .backends import backend, is_live
 from .errors import UserError, write_problem
@@ -36,36 +42,80 @@ def advance(layout: RunLayout, executor: str | None = None, submit: bool = True)
     """One pass: {"executor", "states": {job id: state}, "submitted": [tasks], "given_up": {task: starts}}.
     Without `submit` it only reads (no lock: every file is replaced whole), so that it also
     answers on a read-only filesystem."""
+    return advance_runs([layout], executor, submit)[layout.run_id]
+
+
+def advance_runs(layouts: list[RunLayout], executor: str | None = None, submit: bool = True,
+                 train_at_once: int | None = None, shared: Path | None = None, name: str = "") -> dict[str, dict]:
+    """One pass over several runs (a study's): one scheduler query for all their jobs, then what
+    became ready submitted together, so that the runs' tasks of one stage go out as one array.
+    `train_at_once`: at most this many training tasks live at once (the local executor's study
+    loop); `shared`: the folder for submitit's files of a job that carries several runs' tasks,
+    named `name`-<stage>. Returns each run's report, by run ID."""
     if not submit:
-        return _pass(layout, executor, submit=False)
-    with run_lock(layout):
-        return _pass(layout, executor, submit=True)
+        return _pass(layouts, executor, False, train_at_once, shared, name)
+    with contextlib.ExitStack() as held:
+        for layout in sorted(layouts, key=lambda layout: str(layout.dir)):  # one order: no two passes deadlock
+            held.enter_context(run_lock(layout))
+        return _pass(layouts, executor, True, train_at_once, shared, name)
 
 
-def _pass(layout: RunLayout, executor: str | None, submit: bool) -> dict:
-    spec = load_frozen(layout.spec)
-    registry = Registry(layout)
-    executor = registry.executor or executor or spec.site.executor
-    scheduler = backend(executor)
-    undone = [t for t in tasks(spec) if not layout.is_done(t.stage, t.step)]
-    ids = [registry.job_id(t.name) for t in undone if registry.job_id(t.name)]
-    states = scheduler.query(ids) if ids else {}  # the one scheduler query of this pass
-    report = {"executor": executor, "states": states, "submitted": [], "given_up": {}, "superseded": []}
-    if not submit or layout.cancel_flag.is_file():
-        return report
-    plan: list[tuple[Task, list[str]]] = []  # (task, names of the prerequisites it waits for)
-    live_job: dict[str, str] = {}  # task name -> the job that will produce it, after this pass
+@dataclass(eq=False)  # one per run in a pass: compared and hashed by identity
+class Run:
+    """One run within a pass: what it holds, and which job will produce each of its tasks."""
+
+    layout: RunLayout
+    spec: JobSpec
+    registry: Registry
+    report: dict
+    live_job: dict = field(default_factory=dict)  # task name -> the job that will produce it, after this pass
+
+
+def _pass(layouts, executor, submit, train_at_once, shared, name) -> dict[str, dict]:
+    runs = []
+    for layout in layouts:
+        registry = Registry(layout)
+        spec = load_frozen(layout.spec)
+        runs.append(Run(layout, spec, registry, {"executor": registry.executor or executor or spec.site.executor,
+                                                 "states": {}, "submitted": [], "given_up": {}, "superseded": []}))
+    undone = {run.layout.run_id: [t for t in tasks(run.spec) if not run.layout.is_done(**t.key)] for run in runs}
+    for chosen in dict.fromkeys(run.report["executor"] for run in runs):  # one query (a study has one executor)
+        mine = [run for run in runs if run.report["executor"] == chosen]
+        ids = [jid for run in mine for t in undone[run.layout.run_id] if (jid := run.registry.job_id(t.name))]
+        states = backend(chosen).query(ids) if ids else {}
+        for run in mine:
+            run.report["states"] = states
+    if submit:
+        plan = []  # (run, task, names of the prerequisites it waits for)
+        busy: list = []  # the resources of every task live after this pass, over all the runs
+        for run in runs:
+            if not run.layout.cancel_flag.is_file():
+                plan += _plan(run, undone[run.layout.run_id], busy, train_at_once)
+        _submit(plan, shared, name)
+        for run in runs:
+            if run.report["superseded"]:
+                backend(run.report["executor"]).cancel(run.report["superseded"])  # pending and replaced
+    return {run.layout.run_id: run.report for run in runs}
+
+
+def _plan(run: Run, undone: list[Task], busy: list, train_at_once: int | None) -> list[tuple]:
+    """What to submit for one run, in the study's order; `busy` gains each task that will be live."""
+    layout, spec, registry, report = run.layout, run.spec, run.registry, run.report
+    scheduler, states, live_job = backend(report["executor"]), report["states"], run.live_job
+    plan = []
     for task in undone:
         entry = registry.current(task.name)
         live = entry is not None and is_live(states.get(entry["job_id"], JobState.UNKNOWN))
         if not live and holder(layout, task) is not None:
             continue  # a process runs it that its registry entry does not name: never a second one
+        res = getattr(spec.resources, task.stage)
         waits_for = unfinished_prerequisites(task, spec, layout, live_job)
         if live and not _stale(entry, waits_for, live_job, states):
             live_job[task.name] = entry["job_id"]
+            busy.append((task.stage, res))
             continue
         if not live:
-            failure = layout.failure(task.stage, task.step)
+            failure = layout.failure(**task.key)
             if failure and not failure.get("retryable"):
                 continue  # its own error: the same job would fail again; `pipeline retry` resubmits it
             if attempts(layout, task.name) >= MAX_ATTEMPTS:
@@ -73,16 +123,17 @@ def _pass(layout: RunLayout, executor: str | None, submit: bool) -> dict:
                 continue
         if waits_for is None or (waits_for and not scheduler.jobs_can_wait):
             continue  # nothing will produce a prerequisite as things stand, or jobs cannot wait here
-        if not scheduler.has_room(spec, task, [t for t in tasks(spec) if t.name in live_job]):
+        if not scheduler.has_room(res, [r for _, r in busy]):
+            continue
+        if task.stage == "train" and train_at_once is not None and \
+                sum(stage == "train" for stage, _ in busy) >= train_at_once:
             continue
         if live:  # superseded: it would wait for a job it no longer needs, or for the wrong one
             report["superseded"].append(entry["job_id"])
-        plan.append((task, waits_for))
+        plan.append((run, task, waits_for))
         live_job[task.name] = "(planned)"
-    report["submitted"] = _submit(layout, spec, executor, plan, registry, live_job)
-    if report["superseded"]:
-        scheduler.cancel(report["superseded"])  # pending and replaced; they would exit at once anyway
-    return report
+        busy.append((task.stage, res))
+    return plan
 
 
 def unfinished_prerequisites(task: Task, spec: JobSpec, layout: RunLayout, live_job: dict) -> list[str] | None:
@@ -92,7 +143,7 @@ def unfinished_prerequisites(task: Task, spec: JobSpec, layout: RunLayout, live_
         return []
     names = []
     for pre in prerequisites(task, spec):
-        if layout.is_done(pre.stage, pre.step):
+        if layout.is_done(**pre.key):
             continue
         if pre.name not in live_job:
             return None
@@ -116,51 +167,65 @@ def _running(state: str | None) -> bool:
     return state in (JobState.RUNNING, JobState.COMPLETING)
 
 
-def _submit(layout: RunLayout, spec: JobSpec, executor: str, plan, registry: Registry, live_job: dict) -> list[str]:
+def _submit(plan: list[tuple], shared: Path | None, name: str) -> None:
     """Submit the planned tasks stage by stage, so that a prerequisite's job id is known before its
-    dependents go out. One stage's tasks become one array when they wait for the same jobs, or
-    when each waits for the matching task of one array (Slurm's aftercorr)."""
+    dependents go out. One stage's tasks with the same resources and site become one array
+    (several runs' alike) when they wait for the same jobs, or when each waits for the matching
+    task of one array (Slurm's aftercorr); else one array per set of jobs waited for."""
     from .layout import STAGES
 
-    submitted = []
     for stage in STAGES:
-        staged = [(task, [live_job[name] for name in after]) for task, after in plan if task.stage == stage]
-        for group, after, correspond in _arrays(staged):
-            res = getattr(spec.resources, stage)
-            name = f"{layout.run_id}-{group[0][0].name if len(group) == 1 else stage}"
-            jobs = submit_group(layout, spec, executor, res, name, group, after, correspond)
-            for (task, after), job_id in zip(group, jobs):
-                registry.record(task.name, executor, job_id, after)
-                live_job[task.name] = job_id
-                submitted.append(task.name)
-            registry.save()  # after every submission: a crash later loses no job id
-    return submitted
+        staged = [(run, task, [run.live_job[pre] for pre in after]) for run, task, after in plan if task.stage == stage]
+        kinds: dict[str, list] = {}  # what one submitit executor can carry: resources, site and executor alike
+        for item in staged:
+            run = item[0]
+            kind = json.dumps([to_dict(getattr(run.spec.resources, stage)), to_dict(run.spec.site), run.report["executor"]])
+            kinds.setdefault(kind, []).append(item)
+        for items in kinds.values():
+            for group, after, correspond in _arrays(items):
+                jobs = submit_group(group, after, correspond, shared, name)
+                for (run, task, waits), job_id in zip(group, jobs):
+                    run.registry.record(task.name, run.report["executor"], job_id, waits)
+                    run.live_job[task.name] = job_id
+                    run.report["submitted"].append(task.name)
+                for run in dict.fromkeys(run for run, _, _ in group):
+                    run.registry.save()  # after every submission: a crash later loses no job id
 
 
-def _arrays(staged: list[tuple[Task, list[str]]]) -> list[tuple[list, list[str], str | None]]:
-    """[(tasks with their dependencies, the job ids they all wait for, or the array whose task i
-    task i waits for)] for one stage."""
+def _arrays(staged: list[tuple]) -> list[tuple[list, list[str], str | None]]:
+    """[(items, the job ids they all wait for, or the array whose task i item i waits for)]; an
+    item is (run, task, job ids it waits for)."""
     if not staged:
         return []
-    deps = [tuple(after) for _, after in staged]
-    if len(set(deps)) == 1:
-        return [(staged, list(deps[0]), None)]
+    deps = [tuple(after) for _, _, after in staged]
     arrays = {d[0].split("_")[0] for d in deps if len(d) == 1}
-    if len(arrays) == 1 and all(d == (f"{next(iter(arrays))}_{i}",) for i, d in enumerate(deps)):
+    if len(set(deps)) > 1 and len(arrays) == 1 and all(d == (f"{next(iter(arrays))}_{i}",) for i, d in enumerate(deps)):
         return [(staged, [], next(iter(arrays)))]  # task i waits for task i
-    return [([item], list(item[1]), None) for item in staged]
+    groups: dict[tuple, list] = {}
+    for item, dep in zip(staged, deps):
+        groups.setdefault(dep, []).append(item)
+    return [(items, list(dep), None) for dep, items in groups.items()]
 
 
-def submit_group(layout: RunLayout, spec: JobSpec, executor: str, res, name: str, group, after: list[str],
-                 correspond: str | None = None) -> list[str]:
+def submit_group(group: list[tuple], after: list[str], correspond: str | None = None, shared: Path | None = None,
+                 name: str = "") -> list[str]:
+    """One submitit batch (an array on a cluster) for the group's tasks; their job ids in order."""
     from .stages import run_task
 
+    runs = list(dict.fromkeys(run for run, _, _ in group))
+    first, stage = runs[0], group[0][1].stage
+    executor = first.report["executor"]
     scheduler = backend(executor)
-    ex = scheduler.make_executor(layout.submitit_logs, spec.site, res, name)
+    if len(runs) == 1 or shared is None:
+        folder = first.layout.submitit_logs
+        job_name = f"{first.layout.run_id}-{group[0][1].name if len(group) == 1 else stage}"
+    else:
+        folder, job_name = shared, f"{name}-{stage}"
+    ex = scheduler.make_executor(folder, first.spec.site, getattr(first.spec.resources, stage), job_name)
     if after or correspond:
         scheduler.wait_for(ex, after, correspond)
     with ex.batch():
-        jobs = [ex.submit(run_task, str(layout.dir), task.stage, task.step) for task, _ in group]
+        jobs = [ex.submit(run_task, str(run.layout.dir), task.stage, task.step, task.decoding) for run, task, _ in group]
     return [str(job.job_id) for job in jobs]
 
 

@@ -97,6 +97,8 @@ def print_status(st: dict) -> None:
         beat = stage.get("progress")
         if stage["stage"] == "sample" and beat:  # the solver's work, and its measured speed once known
             progress += f"  {beat['seeds']} seed(s) x {beat['steps']} {beat['solver']} steps"
+            if beat.get("decodings"):
+                progress += f", then {beat['decodings']} more decoding(s)"
             if "eta_s" in beat:
                 progress += (f"\n{beat['decoded']}/{beat['total']} sentences  {beat['sentences_per_s']:,.1f} sent/s  "
                              f"ETA {format_eta(beat['eta_s'])}")

@@ -49,8 +49,14 @@ def validate_run_id(run_id: str) -> str:
     return run_id
 
 
-def task_name(stage: str, step: int | None = None) -> str:
-    return stage if step is None else f"{stage}-{step:07d}"
+def task_name(stage: str, step: int | None = None, decoding: str = "") -> str:
+    """`decoding`: a named decoding of the checkpoint (JobSpec.decodings); "" for the spec's own."""
+    return stage if step is None else f"{stage}-{step:07d}" + (f"-{decoding}" if decoding else "")
+
+
+def point_name(step: int, decoding: str = "") -> str:
+    """A checkpoint step, with the decoding it is sampled with: step_0003500, step_0003500-dpm-20."""
+    return step_dir_name(step) + (f"-{decoding}" if decoding else "")
 
 
 class RunLayout:
@@ -91,26 +97,26 @@ class RunLayout:
     def train_log(self) -> Path:
         return self.dir / TRAIN_LOG
 
-    def samples(self, step: int) -> Path:
-        return self.dir / "samples" / step_dir_name(step)
+    def samples(self, step: int, decoding: str = "") -> Path:
+        return self.dir / "samples" / point_name(step, decoding)
 
-    def samples_file(self, step: int) -> Path:
+    def samples_file(self, step: int, decoding: str = "") -> Path:
         """The chosen samples of a checkpoint: the MBR pick of several seeds, or the one seed's."""
-        return self.samples(step) / "samples.jsonl"
+        return self.samples(step, decoding) / "samples.jsonl"
 
-    def seed_samples(self, step: int, seed: int) -> Path:
+    def seed_samples(self, step: int, seed: int, decoding: str = "") -> Path:
         """One seed's candidates, where several seeds were decoded."""
-        return seed_samples(self.samples_file(step), seed)
+        return seed_samples(self.samples_file(step, decoding), seed)
 
-    def sample_progress(self, step: int) -> Path:
-        return self.samples(step) / "progress.json"
+    def sample_progress(self, step: int, decoding: str = "") -> Path:
+        return self.samples(step, decoding) / "progress.json"
 
     @property
     def metrics_dir(self) -> Path:
         return self.dir / "metrics"
 
-    def metrics(self, step: int) -> Path:
-        return self.metrics_dir / f"{step_dir_name(step)}.json"
+    def metrics(self, step: int, decoding: str = "") -> Path:
+        return self.metrics_dir / f"{point_name(step, decoding)}.json"
 
     def metrics_files(self) -> list[Path]:
         """The metrics written so far (a name starting with '.' is a write in progress)."""
@@ -124,8 +130,8 @@ class RunLayout:
     def logs(self) -> Path:
         return self.dir / "logs"
 
-    def log(self, stage: str, step: int | None = None) -> Path:
-        return self.logs / f"{task_name(stage, step)}.log"
+    def log(self, stage: str, step: int | None = None, decoding: str = "") -> Path:
+        return self.logs / f"{task_name(stage, step, decoding)}.log"
 
     @property
     def submitit_logs(self) -> Path:
@@ -173,17 +179,17 @@ class RunLayout:
         task, _, job_id = marker.name.partition(".started-")
         return task, job_id
 
-    def marker(self, stage: str, step: int | None = None, kind: str = "done") -> Path:
-        return self.state / f"{task_name(stage, step)}.{kind}"
+    def marker(self, stage: str, step: int | None = None, kind: str = "done", decoding: str = "") -> Path:
+        return self.state / f"{task_name(stage, step, decoding)}.{kind}"
 
-    def is_done(self, stage: str, step: int | None = None) -> bool:
+    def is_done(self, stage: str, step: int | None = None, decoding: str = "") -> bool:
         """Its done marker is there and every output it recorded has its size."""
-        return self.marker(stage, step).is_file() and self.damage(stage, step) is None
+        return self.marker(stage, step, decoding=decoding).is_file() and self.damage(stage, step, decoding) is None
 
-    def damage(self, stage: str, step: int | None = None) -> str | None:
+    def damage(self, stage: str, step: int | None = None, decoding: str = "") -> str | None:
         """What is wrong with a done task's outputs (one missing, or not the size it was written
         with), or None. Markers written before outputs were recorded are taken as they are."""
-        done = self.read_json(self.marker(stage, step))
+        done = self.read_json(self.marker(stage, step, decoding=decoding))
         if done is None:
             return None
         for name, size in (done.get("outputs") or {}).items():
@@ -196,12 +202,13 @@ class RunLayout:
                 return f"its output {path} is damaged ({found} bytes, written with {size})"
         return None
 
-    def mark_done(self, stage: str, step: int | None = None, outputs: list[Path] = (), **info) -> None:
+    def mark_done(self, stage: str, step: int | None = None, outputs: list[Path] = (), decoding: str = "",
+                  **info) -> None:
         """`outputs`: the files (or folders of them) the task leaves for the tasks after it; their
         sizes are recorded, and the task counts as done only while they have them."""
-        self.marker(stage, step, "failed").unlink(missing_ok=True)
-        atomic.write_json(self.marker(stage, step), {"finished": time.time(), **info,
-                                                     "outputs": self._sizes(outputs)})
+        self.marker(stage, step, "failed", decoding).unlink(missing_ok=True)
+        atomic.write_json(self.marker(stage, step, decoding=decoding), {"finished": time.time(), **info,
+                                                                        "outputs": self._sizes(outputs)})
 
     def _sizes(self, outputs: list[Path]) -> dict[str, int]:
         files = []
@@ -211,29 +218,31 @@ class RunLayout:
         return {str(p.relative_to(self.dir)): p.stat().st_size for p in files
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.dir).parts)}
 
-    def undo(self, stage: str, step: int | None = None) -> None:
+    def undo(self, stage: str, step: int | None = None, decoding: str = "") -> None:
         """Forget that a task is done (its outputs stay until it writes them again)."""
-        self.marker(stage, step).unlink(missing_ok=True)
+        self.marker(stage, step, decoding=decoding).unlink(missing_ok=True)
 
-    def mark_failed(self, stage: str, step: int | None, error: str, retryable: bool = False) -> None:
+    def mark_failed(self, stage: str, step: int | None, error: str, retryable: bool = False, decoding: str = "") -> None:
         """`retryable`: interrupted from outside, so the pipeline may resubmit it by itself."""
-        atomic.write_json(self.marker(stage, step, "failed"), {"failed": time.time(), "error": error,
-                                                               "retryable": retryable, "log": str(self.log(stage, step))})
+        atomic.write_json(self.marker(stage, step, "failed", decoding),
+                          {"failed": time.time(), "error": error, "retryable": retryable,
+                           "log": str(self.log(stage, step, decoding))})
 
-    def failure(self, stage: str, step: int | None = None) -> dict | None:
+    def failure(self, stage: str, step: int | None = None, decoding: str = "") -> dict | None:
         """Why a task failed ({"error", "log", "retryable"}), a done task with damaged outputs
         included; None when it did not."""
-        damage = self.damage(stage, step)  # None without a done marker
+        damage = self.damage(stage, step, decoding)  # None without a done marker
+        log = str(self.log(stage, step, decoding))
         if damage:
             return {"error": f"{damage}; `pipeline retry {self.run_id}` runs it again with what depends on it",
-                    "log": str(self.log(stage, step)), "retryable": False, "damaged": True}
-        path = self.marker(stage, step, "failed")
+                    "log": log, "retryable": False, "damaged": True}
+        path = self.marker(stage, step, "failed", decoding)
         if not path.is_file():
             return None
         try:
             return json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return {"error": f"unreadable failure marker {path}", "log": str(self.log(stage, step))}
+            return {"error": f"unreadable failure marker {path}", "log": log}
 
     def read_json(self, path: Path) -> dict | None:
         try:

@@ -1,7 +1,8 @@
 """A study as a graph of tasks: what each task needs, and when its inputs are ready.
 
-    preprocess ─▶ train ─▶ sample-<step> ─▶ evaluate-<step> ─▶ aggregate
-                          (one per checkpoint)  (one per checkpoint)  (all evaluations)
+    preprocess ─▶ train ─▶ sample-<step>[-<decoding>] ─▶ evaluate-<step>[-<decoding>] ─▶ aggregate
+                          (each checkpoint with the spec's own decoding, (each sample)      (all evaluations)
+                           and the last or all with each named decoding)
 
 A sampling task's input is its checkpoint, not the end of training: it is ready as soon as that
 checkpoint folder is complete, while training goes on.
@@ -23,16 +24,24 @@ from .spec import JobSpec
 class Task:
     stage: str
     step: int | None = None
+    decoding: str = ""  # a sample or evaluate task's named decoding (JobSpec.decodings); "": the spec's own
 
     @property
     def name(self) -> str:
-        return task_name(self.stage, self.step)
+        return task_name(self.stage, self.step, self.decoding)
+
+    @property
+    def key(self) -> dict:
+        """The task's place in the layout's markers, logs and files, as RunLayout's methods take it."""
+        return {"stage": self.stage, "step": self.step, "decoding": self.decoding}
 
 
 def tasks(spec: JobSpec) -> list[Task]:
-    """Every task of the study, in an order where prerequisites come first."""
-    steps = spec.checkpoint_steps()
-    return [Task(stage, step) for stage in STAGES for step in (steps if stage in ARRAY_STAGES else [None])]
+    """Every task of the run, in an order where prerequisites come first."""
+    points = spec.decoded_points()
+    return [task for stage in STAGES
+            for task in ([Task(stage, step, decoding) for step, decoding in points] if stage in ARRAY_STAGES
+                         else [Task(stage)])]
 
 
 def prerequisites(task: Task, spec: JobSpec) -> list[Task]:
@@ -43,8 +52,8 @@ def prerequisites(task: Task, spec: JobSpec) -> list[Task]:
     if task.stage == "sample":
         return [Task("train")]
     if task.stage == "evaluate":
-        return [Task("sample", task.step)]
-    return [Task("evaluate", step) for step in spec.checkpoint_steps()]
+        return [Task("sample", task.step, task.decoding)]
+    return [Task("evaluate", step, decoding) for step, decoding in spec.decoded_points()]
 
 
 def outputs(layout: RunLayout, task: Task, spec: JobSpec) -> list[Path]:
@@ -52,10 +61,14 @@ def outputs(layout: RunLayout, task: Task, spec: JobSpec) -> list[Path]:
     done marker, so that the task counts as done only while they are whole."""
     return {"preprocess": lambda: [layout.data], "train": lambda: [layout.checkpoint(spec.train.steps)],
             # the samples, not progress.json (status's, while the task runs)
-            "sample": lambda: [layout.samples_file(task.step)] + ([layout.seed_samples(task.step, seed)
-                                                                   for seed in spec.sample.seeds]
-                                                                  if len(spec.sample.seeds) > 1 else []),
-            "evaluate": lambda: [layout.metrics(task.step)], "aggregate": lambda: [layout.results]}[task.stage]()
+            "sample": lambda: sample_outputs(layout, task, spec),
+            "evaluate": lambda: [layout.metrics(task.step, task.decoding)], "aggregate": lambda: [layout.results]}[task.stage]()
+
+
+def sample_outputs(layout: RunLayout, task: Task, spec: JobSpec) -> list[Path]:
+    seeds = spec.library_config(task.decoding).sample.seeds
+    chosen = layout.samples_file(task.step, task.decoding)
+    return [chosen] + ([layout.seed_samples(task.step, seed, task.decoding) for seed in seeds] if len(seeds) > 1 else [])
 
 
 def dependents(task: Task, spec: JobSpec) -> list[Task]:
@@ -63,7 +76,8 @@ def dependents(task: Task, spec: JobSpec) -> list[Task]:
     Training's output is its last checkpoint, which only the last step's sampling reads."""
     if task.stage == "preprocess":
         return tasks(spec)[1:]
-    direct = {"train": [Task("sample", spec.train.steps)], "sample": [Task("evaluate", task.step)],
+    last = [Task("sample", step, decoding) for step, decoding in spec.decoded_points() if step == spec.train.steps]
+    direct = {"train": last, "sample": [Task("evaluate", task.step, task.decoding)],
               "evaluate": [Task("aggregate")], "aggregate": []}[task.stage]
     found = []
     for after in direct:
@@ -84,7 +98,7 @@ def inputs_ready(layout: RunLayout, task: Task, spec: JobSpec) -> bool:
     """True when the task can start now without waiting for any other job."""
     if task.stage == "sample":
         return checkpoint_complete(layout, task.step)
-    return all(layout.is_done(p.stage, p.step) for p in prerequisites(task, spec))
+    return all(layout.is_done(**p.key) for p in prerequisites(task, spec))
 
 
 def checkpoint_complete(layout: RunLayout, step: int) -> bool:

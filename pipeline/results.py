@@ -1,6 +1,7 @@
 """The report's Table 1 and plots, from the metric files the evaluate stage wrote.
 
-One row per run, checkpoint and decoding ("Full-Noised (10000 interval)", "... MBR-10"), plus a
+One row per run, checkpoint and decoding ("Full-Noised (10000 interval)", "... MBR-10", and a named
+decoding of the spec's `decodings`: "DiffuSeq (7000 interval) dpm-20"), plus a
 "Copy source" baseline row per split: QQP rewards copying, so every table shows what the source
 itself scores as a paraphrase, and a "copy BLEU" column (output against its own source).
 
@@ -51,7 +52,7 @@ def load_run_metrics(run_dir: Path) -> list[dict]:
         if missing or not isinstance(m["rows"], dict) or not m["rows"]:
             raise ResultsError(f"{path}: not a metrics file (missing {', '.join(missing) or 'rows'}); {again}")
         result.append(m)
-    return sorted(result, key=lambda m: m["step"])
+    return sorted(result, key=lambda m: (m["step"], bool(m.get("decoding")), m.get("decoding", "")))
 
 
 # --- rows ---
@@ -76,14 +77,16 @@ def table_rows(metric_files: list[dict]) -> list[dict]:
     run_order = {}
     for m in metric_files:
         run_order.setdefault(m["run"], len(run_order))
-    ordered = sorted(metric_files, key=lambda m: (run_order[m["run"]], m["step"]))
+    ordered = sorted(metric_files, key=lambda m: (run_order[m["run"]], m["step"], bool(m.get("decoding")),
+                                                  m.get("decoding", "")))
 
     rows = []
     for m in ordered:
+        named = m.get("decoding") or ""  # a named decoding of the spec's; "" its own sample section
         for decoding in sorted(m["rows"], key=_decoding_order):
-            suffix = "" if decoding == "single" else " " + decoding.upper()
+            suffix = ("" if decoding == "single" else " " + decoding.upper()) + (f" [{named}]" if named else "")
             rows.append({"model": f"{m['label']} ({m['step']} interval){suffix}", "run": m["run"], "step": m["step"],
-                         "decoding": decoding, "split": m["split"], "n": m.get("n"),
+                         "decoding": decoding, "decoded_with": named, "split": m["split"], "n": m.get("n"),
                          **{k: m["rows"][decoding].get(k) for k in COLUMNS}})
 
     # The baseline of each run: its last checkpoint's (the same pairs every checkpoint, so any would
@@ -91,8 +94,9 @@ def table_rows(metric_files: list[dict]) -> list[dict]:
     # the baseline get a single row; if a split has several different baselines (other n, other
     # data) each names its runs, so no two rows carry the same model name.
     last = {}
-    for m in ordered:
-        last[m["run"]] = m
+    for m in ordered:  # the spec's own decoding's (a named one may decode other pairs)
+        if not m.get("decoding") or m["run"] not in last:
+            last[m["run"]] = m
     groups: list[dict] = []  # {"split", "n", "scores", "runs"}
     for run, m in last.items():
         for g in groups:
@@ -107,6 +111,30 @@ def table_rows(metric_files: list[dict]) -> list[dict]:
         rows.append({"model": name, "run": "+".join(g["runs"]), "step": None, "decoding": "copy",
                      "split": g["split"], "n": g["n"], **{k: g["scores"].get(k) for k in COLUMNS}})
     return rows
+
+
+def checkpoint_rows(metric_files: list[dict]) -> list[dict]:
+    """A row per run and checkpoint: the training loss and its terms last logged by then, and the
+    checkpoint's diagnostics (token accuracy of the decoder's argmax at a few noise levels,
+    embedding norms), which show learning or a collapse where BLEU alone does not say why."""
+    rows = []
+    for m in metric_files:
+        if m.get("decoding") or not (m.get("loss_terms") or m.get("diagnostics")):
+            continue
+        d = m.get("diagnostics") or {}
+        rows.append({"run": m["run"], "step": m["step"], **(m.get("loss_terms") or {}),
+                     **{f"acc {t}": v for t, v in (d.get("token_accuracy") or {}).items()},
+                     **{k: d[k] for k in ("embedding_norm", "pad_norm") if k in d}})
+    return rows
+
+
+def checkpoint_markdown(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(columns) + " |", "| --- | ---: " + "| ---: " * (len(columns) - 2) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt("", r.get(k)) if isinstance(r.get(k), float) else str(r.get(k, "–"))
+                                       for k in columns) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # --- tables ---
@@ -196,13 +224,16 @@ def plot_metrics(metric_files: list[dict], out_path: Path) -> Path:
         for run in runs:
             mine = sorted((m for m in metric_files if m["run"] == run), key=lambda m: m["step"])
             run_colour = None
-            for decoding in sorted({d for m in mine for d in m["rows"]}, key=_decoding_order):
-                points = [(m["step"], m["rows"][decoding].get(key)) for m in mine if decoding in m["rows"]]
+            lines = dict.fromkeys((m.get("decoding") or "", d) for m in mine for d in sorted(m["rows"], key=_decoding_order))
+            for named, decoding in lines:
+                points = [(m["step"], m["rows"][decoding].get(key)) for m in mine
+                          if (m.get("decoding") or "") == named and decoding in m["rows"]]
                 points = [(s, v) for s, v in points if v is not None]
                 c = next(colour)
                 run_colour = run_colour or c
                 if points:
-                    ax.plot(*zip(*points), marker="o", color=c, label=f"{mine[0]['label']} [{run}] {decoding}")
+                    ax.plot(*zip(*points), marker="o", color=c,
+                            label=f"{mine[0]['label']} [{run}] {decoding}" + (f" [{named}]" if named else ""))
                     drawn = True
             baseline = mine[-1]["copy_source"].get(key)
             if baseline is not None:
@@ -272,5 +303,9 @@ def aggregate(run_dirs: list[Path], out_dir: Path) -> dict[str, Path]:
                              "has not finished a checkpoint)")
         metric_files += found
     paths = write_tables(table_rows(metric_files), out_dir)
+    checkpoints = checkpoint_rows(metric_files)
+    if checkpoints:
+        paths["checkpoints"] = Path(out_dir) / "checkpoints.md"
+        atomic.write_text(paths["checkpoints"], checkpoint_markdown(checkpoints))
     paths["png"] = plot_metrics(metric_files, Path(out_dir) / "metrics.png")
     return paths

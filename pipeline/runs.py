@@ -88,7 +88,7 @@ def start(layout: RunLayout, executor: str, wait: bool) -> int:
 def run_is_done(layout: RunLayout) -> bool:
     from .plan import tasks
 
-    return all(layout.is_done(task.stage, task.step) for task in tasks(load_frozen(layout.spec)))
+    return all(layout.is_done(**task.key) for task in tasks(load_frozen(layout.spec)))
 
 
 def start_local_loop(layout: RunLayout) -> bool:
@@ -199,12 +199,12 @@ def retry(layout: RunLayout, wait: bool) -> int:
             for task in stage["tasks"]:
                 if task["state"] != TaskState.FAILED:
                     continue
-                again = [Task(task["stage"], task["step"])]
-                if (layout.failure(task["stage"], task["step"]) or {}).get("damaged"):
+                again = [Task(task["stage"], task["step"], task["decoding"])]
+                if (layout.failure(**again[0].key) or {}).get("damaged"):
                     again += dependents(again[0], spec)
                 for redo in again:
-                    layout.marker(redo.stage, redo.step, "failed").unlink(missing_ok=True)
-                    layout.undo(redo.stage, redo.step)
+                    layout.marker(**redo.key, kind="failed").unlink(missing_ok=True)
+                    layout.undo(**redo.key)
                     clear_attempts(layout, redo.name)
                     registry.forget(redo.name)
                     retried.append(redo.name)

@@ -21,6 +21,7 @@ The frozen spec (`freeze`) is the resolved spec as plain YAML; `load_frozen` rea
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import getpass
 import os
@@ -113,6 +114,24 @@ class EvaluateSpec:
 
 
 @dataclass(frozen=True)
+class Decoding:
+    """A further way to decode checkpoints: its name (in task names, folders and tables) and the
+    whole sample section it decodes with. A spec or study writes it as name -> sample.* overrides
+    of the spec's own sample section (`decodings: {dpm-20: {sample.steps: 20}}`)."""
+
+    name: str
+    sample: SampleConfig
+
+    def check(self) -> None:
+        require(bool(DECODING_NAME.match(self.name)), "name",
+                f"invalid decoding name {self.name!r}: letters, digits, '-' and '_' (first a letter or digit)")
+
+
+DECODING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+DECODE_CHECKPOINTS = ("last", "all")
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str  # the run ID: letters, digits, '-', '_' and '.'; no path separators
     site: SiteSpec = field(default_factory=SiteSpec)
@@ -123,14 +142,28 @@ class JobSpec:
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
     resources: Resources = field(default_factory=Resources)
+    # each checkpoint is decoded with `sample`; these decode again (the last checkpoint, or all)
+    decodings: tuple[Decoding, ...] = ()
+    decode_checkpoints: str = "last"
 
-    def library_config(self) -> Config:
-        """The part of the spec the `diffusion` library takes."""
-        return Config(data=self.data, model=self.model, diffusion=self.diffusion, train=self.train, sample=self.sample)
+    def library_config(self, decoding: str = "") -> Config:
+        """The part of the spec the `diffusion` library takes (sampling as `decoding` says)."""
+        return Config(data=self.data, model=self.model, diffusion=self.diffusion, train=self.train,
+                      sample=self.decoding(decoding).sample if decoding else self.sample)
+
+    def decoding(self, name: str) -> Decoding:
+        return next(d for d in self.decodings if d.name == name)
 
     def checkpoint_steps(self) -> list[int]:
         """The steps at which training leaves a checkpoint (the library's rule)."""
         return checkpoint_steps(self.train.steps, self.train.save_every)
+
+    def decoded_points(self) -> list[tuple[int, str]]:
+        """(checkpoint step, decoding name) of every sample task: each checkpoint with the spec's
+        own decoding (""), then each named decoding of the last checkpoint or of all."""
+        steps = self.checkpoint_steps()
+        again = steps if self.decode_checkpoints == "all" else steps[-1:]
+        return [(step, "") for step in steps] + [(step, d.name) for step in again for d in self.decodings]
 
     def check(self) -> None:
         """What crosses sections (each has checked its own values): the library's rules, then the
@@ -142,6 +175,15 @@ class JobSpec:
         # the synthetic corpus and the hub dataset bring every split; local files only those named
         has_split = d.synthetic_pairs or (d.hub_dataset and not d.train) or getattr(d, split)
         require(bool(has_split), f"data.{split}", f"not set, but evaluate.split is {split!r}: name the {split} jsonl file")
+        require(self.decode_checkpoints in DECODE_CHECKPOINTS, "decode_checkpoints",
+                f"must be one of {', '.join(DECODE_CHECKPOINTS)}, got {self.decode_checkpoints!r}")
+        names = [d.name for d in self.decodings]
+        for i, decoding in enumerate(self.decodings):
+            require(decoding.name not in names[:i], f"decodings.{decoding.name}", "named twice")
+            try:  # the library's rules between sections, with this decoding's sample section
+                self.library_config(decoding.name).check()
+            except ConfigError as err:
+                raise ConfigError(f"decodings.{decoding.name}.{err.key}", err.message) from None
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -151,20 +193,20 @@ EVAL_SPLITS = ("valid", "test")
 
 # --- overrides ---
 
-def _schema_check(key: str) -> None:
-    """Refuse a --set key that is not in the JobSpec schema, naming the valid keys where it stops."""
+def _schema_check(key: str, where: Where = (CLI_SET, None)) -> None:
+    """Refuse an override key that is not in the JobSpec schema, naming the valid keys where it stops."""
     parts = key.split(".")
     if not all(parts):
-        raise SpecError("expected a dotted key such as train.steps", CLI_SET, None, key)
+        raise SpecError("expected a dotted key such as train.steps", *where, key)
     cls = JobSpec
     for i, part in enumerate(parts):
         names = [f.name for f in dataclasses.fields(cls)]
         if part not in names:
-            raise SpecError(f"unknown key; valid keys here: {', '.join(names)}", CLI_SET, None, key)
+            raise SpecError(f"unknown key; valid keys here: {', '.join(names)}", *where, key)
         tp = typing.get_type_hints(cls)[part]
         if i < len(parts) - 1:
             if not dataclasses.is_dataclass(tp):
-                raise SpecError(f"{'.'.join(parts[:i + 1])} is a value, not a section", CLI_SET, None, key)
+                raise SpecError(f"{'.'.join(parts[:i + 1])} is a value, not a section", *where, key)
             cls = tp
 
 
@@ -185,16 +227,21 @@ def _dotted_keys(value: dict, prefix: str) -> list[str]:
     return keys
 
 
-def _apply_override(data: dict, origin: Origin, item: str) -> None:
+def parse_override(item: str) -> tuple[str, object]:
+    """(dotted key, value) of a `--set KEY=VALUE` (the value read as YAML)."""
     if not isinstance(item, str) or "=" not in item:
         raise SpecError(f"expected KEY=VALUE (e.g. train.steps=100), got {item!r}", CLI_SET)
     key, raw = item.split("=", 1)
     key = key.strip()
-    _schema_check(key)
-    value = _parse_value(raw, key)
+    return key, _parse_value(raw, key)
+
+
+def set_value(data: dict, origin: Origin, key: str, value, where: Where = (CLI_SET, None)) -> None:
+    """Override one dotted key (a mapping merges, anything else replaces), as `--set` and a study's
+    variants do; `where`: the file and line that asked for it."""
+    _schema_check(key, where)
     if key == "site" and not isinstance(value, dict):
-        raise SpecError("choose a site profile with --site NAME; --set site.FIELD=VALUE changes one field",
-                        CLI_SET, None, key)
+        raise SpecError("choose a site profile with --site NAME; --set site.FIELD=VALUE changes one field", *where, key)
     node, parts = data, key.split(".")
     for i, part in enumerate(parts[:-1]):
         if not isinstance(node.get(part), dict):
@@ -207,9 +254,43 @@ def _apply_override(data: dict, origin: Origin, item: str) -> None:
     else:
         node[last] = value
         drop(origin, key)
-    origin[key] = (CLI_SET, None)
+    origin[key] = where
     if isinstance(value, dict):
-        origin.update({k: (CLI_SET, None) for k in _dotted_keys(value, key)})
+        origin.update({k: where for k in _dotted_keys(value, key)})
+
+
+def _resolve_decodings(data: dict, origin: Origin, top: str) -> None:
+    """`decodings: {NAME: {sample.KEY: VALUE, ...}}` as the frozen form, a list of {name, sample}
+    whose sample section is the spec's own with those overrides (after --set, so that
+    `--set sample.max_examples=200` decodes the same pairs every way)."""
+    given = data.get("decodings")
+    if given is None or isinstance(given, list):  # none, or already resolved (a frozen spec)
+        return
+    if not isinstance(given, dict):
+        raise SpecError("expected a mapping: decoding name -> sample.* overrides, e.g. dpm-20: {sample.steps: 20}",
+                        *_locate(origin, "decodings", top), "decodings")
+    resolved = []
+    for name, overrides in given.items():
+        key = f"decodings.{name}"
+        where = _locate(origin, key, top)
+        if not DECODING_NAME.match(str(name)):
+            raise SpecError("invalid decoding name: letters, digits, '-' and '_' (first a letter or digit)", *where, key)
+        if not isinstance(overrides, dict):
+            raise SpecError("expected sample.* overrides, e.g. {sample.steps: 20} ({} decodes as the spec does)",
+                            *where, key)
+        section, mine = {"sample": copy.deepcopy(data.get("sample") or {})}, {}
+        for sub, value in overrides.items():
+            sub_where = _locate(origin, f"{key}.{sub}", top)
+            if sub != "sample" and not str(sub).startswith("sample."):
+                raise SpecError("a decoding changes sample.* keys only", *sub_where, f"{key}.{sub}")
+            set_value(section, mine, sub, value, sub_where)
+        try:
+            from_dict(SampleConfig, section["sample"], f"{key}.sample")
+        except ConfigError as err:
+            inner = err.key.removeprefix(f"{key}.")
+            raise SpecError(err.message, *mine.get(inner, where), err.key) from None
+        resolved.append({"name": str(name), "sample": section["sample"]})
+    data["decodings"] = resolved
 
 
 # --- paths ---
@@ -264,8 +345,14 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), site: str | None 
     data, origin = load_with_bases(path)
     data, origin = apply_site(data, origin, site, top)
     for item in overrides:
-        _apply_override(data, origin, item)
+        set_value(data, origin, *parse_override(item))
+    return resolve(data, origin, top)
+
+
+def resolve(data: dict, origin: Origin, top: str) -> JobSpec:
+    """The JobSpec of merged spec data: data paths made absolute, decodings resolved, checked."""
     _resolve_paths(data, origin, top)
+    _resolve_decodings(data, origin, top)
     return _build(data, origin, top)
 
 

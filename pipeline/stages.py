@@ -1,7 +1,7 @@
 """The stages: thin functions that read inputs from the run folder, call the library, and
 write their outputs atomically, completion marker last.
 
-`run_task(run_dir, stage, step)` is what a job (local, Slurm or PJM) executes. A task whose
+`run_task(run_dir, stage, step, decoding)` is what a job (local, Slurm or PJM) executes. A task whose
 marker exists is skipped, so re-running any of them is safe.
 """
 
@@ -22,7 +22,7 @@ from diffusion.atomic import refusal
 from diffusion.config import to_dict
 
 from .errors import write_problem
-from .layout import RunLayout, task_name
+from .layout import RunLayout
 from .spec import JobSpec, load_frozen
 
 
@@ -58,14 +58,17 @@ class Carried(StageError):
     """Another process runs this task (or its trainer): this one leaves it, and its markers, alone."""
 
 
-def run_task(run_dir: str, stage: str, step: int | None = None) -> str:
+def run_task(run_dir: str, stage: str, step: int | None = None, decoding: str = "") -> str:
     """Run one task of a stage unless it is done, another process runs it (its lock is held), or
     another job now carries it (this one was superseded); its output goes to the task's log file.
     Whatever the run's state files say, one process at a time runs a task."""
+    from .plan import Task
+
     layout = layout_of(run_dir)
-    if layout.is_done(stage, step):
+    task = Task(stage, step, decoding)
+    if layout.is_done(**task.key):
         return "skipped"
-    name = task_name(stage, step)
+    name = task.name
     job_id, executor = current_job()
     with contextlib.ExitStack() as held:
         try:
@@ -73,7 +76,7 @@ def run_task(run_dir: str, stage: str, step: int | None = None) -> str:
         except locks.LockHeld as err:
             return _leave(name, job_id, f"run by {locks.describe(err.holder)}")
         try:
-            return _run_held(layout, stage, step, name, job_id, executor)
+            return _run_held(layout, task, job_id, executor)
         except Carried as err:
             return _leave(name, job_id, str(err))
 
@@ -84,11 +87,11 @@ def _leave(task: str, job_id: str | None, why: str) -> str:
     return message
 
 
-def _run_held(layout: RunLayout, stage: str, step: int | None, name: str, job_id: str | None,
-              executor: str | None) -> str:
+def _run_held(layout: RunLayout, task, job_id: str | None, executor: str | None) -> str:
     from .jobs import Registry, RegistryDamaged
 
-    if layout.is_done(stage, step):  # finished by the process that held the lock before
+    name = task.name
+    if layout.is_done(**task.key):  # finished by the process that held the lock before
         return "skipped"
     if job_id is not None:
         try:
@@ -99,23 +102,23 @@ def _run_held(layout: RunLayout, stage: str, step: int | None, name: str, job_id
             return f"superseded by job {current}"
         atomic.write_json(layout.started(name, job_id), {"started": time.time(), "host": os.uname().nodename,
                                                                  "job_id": job_id, "executor": executor})
-    layout.marker(stage, step, "failed").unlink(missing_ok=True)  # an earlier attempt's; its traceback stays in the log
+    layout.marker(**task.key, kind="failed").unlink(missing_ok=True)  # an earlier attempt's; its traceback stays in the log
     spec = load_frozen(layout.spec)
     offline_environment(layout)
-    log = layout.log(stage, step)
+    log = layout.log(**task.key)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as log_file, contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file), \
             stopped_by_sigterm():
         print(f"[pipeline] {name} started on {os.uname().nodename} (job {job_id})", flush=True)
         try:
-            info = STAGES[stage](layout, spec, step, log_file)
+            info = STAGES[task.stage](layout, spec, task, log_file)
         except Carried:
             raise
         except BaseException as err:
             traceback.print_exc()
-            record_failure(layout, stage, step, err)
+            record_failure(layout, task, err)
             raise
-    return finish(layout, spec, stage, step, info or {})
+    return finish(layout, spec, task, info or {})
 
 
 @contextlib.contextmanager
@@ -133,7 +136,7 @@ def stopped_by_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def record_failure(layout: RunLayout, stage: str, step: int | None, err: BaseException) -> None:
+def record_failure(layout: RunLayout, task, err: BaseException) -> None:
     """The failure marker `status` shows: one line, naming a full or read-only disk where that
     is the cause; on a disk too full for even the marker, the job's log keeps it."""
     error = write_problem(err) if isinstance(err, OSError) else None
@@ -142,22 +145,23 @@ def record_failure(layout: RunLayout, stage: str, step: int | None, err: BaseExc
         where = refusal(layout.dir)
         error = f"{where} ({error})" if where else error
     try:
-        layout.mark_failed(stage, step, error, retryable=isinstance(err, (Interrupted, KeyboardInterrupt)))
+        layout.mark_failed(task.stage, task.step, error, retryable=isinstance(err, (Interrupted, KeyboardInterrupt)),
+                           decoding=task.decoding)
     except OSError as again:
         print(f"[pipeline] could not record the failure ({write_problem(again) or again}): {error}", file=sys.__stderr__,
               flush=True)
 
 
-def finish(layout: RunLayout, spec: JobSpec, stage: str, step: int | None, info: dict) -> str:
+def finish(layout: RunLayout, spec: JobSpec, task, info: dict) -> str:
     """The done marker, with the outputs' sizes; never once the run is cancelled (checked under
     the run's lock, which `pipeline cancel` holds while it flags the run)."""
     from .jobs import run_lock
-    from .plan import Task, outputs
+    from .plan import outputs
 
     with run_lock(layout):
         if layout.cancel_flag.is_file():
             return "cancelled before it was marked done"
-        layout.mark_done(stage, step, outputs(layout, Task(stage, step), spec), **info)
+        layout.mark_done(task.stage, task.step, outputs(layout, task, spec), decoding=task.decoding, **info)
     return "done"
 
 
@@ -169,7 +173,7 @@ def offline_environment(layout: RunLayout) -> None:
     os.environ.update(cache_environment(layout.root, offline=True))
 
 
-def preprocess(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
+def preprocess(layout: RunLayout, spec: JobSpec, task, log) -> dict:
     """Submit's data checks again (a file may have changed since), then the vocabulary and the
     encoded splits; a result training could not use fails here, with its reason in `status`."""
     from diffusion.prepare import prepare
@@ -185,7 +189,7 @@ def preprocess(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
     return info
 
 
-def train(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
+def train(layout: RunLayout, spec: JobSpec, task, log) -> dict:
     """Start the trainer: one process, or one rank per GPU (or per `ranks` on CPU) on this node."""
     from .plan import checkpoint_complete
 
@@ -254,9 +258,10 @@ def set_aside_corrupt_checkpoints(layout: RunLayout) -> None:
             print(f"[pipeline] {err}: set aside as {aside.name}; training resumes from the checkpoint before", flush=True)
 
 
-def sample(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:
+def sample(layout: RunLayout, spec: JobSpec, task, log) -> dict:
     from diffusion.sample import run
 
+    step, decoding = task.step, task.decoding
     try:
         manifest.verify(layout.checkpoint(step))
     except manifest.CheckpointError as err:  # training sets a corrupt checkpoint aside and writes it again
@@ -265,8 +270,10 @@ def sample(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:
     split = layout.data / f"{spec.evaluate.split}.jsonl"
     if not split.is_file():
         raise StageError(f"{split}: the {spec.evaluate.split} split was not prepared; set data.{spec.evaluate.split}")
-    return run(layout.checkpoint(step), split, layout.samples_file(step),
-               progress=SampleProgress(layout.sample_progress(step)))
+    # the checkpoint's config samples as the spec's own `sample` section; a named decoding replaces it
+    overrides = to_dict(spec.decoding(decoding).sample) if decoding else None
+    return run(layout.checkpoint(step), split, layout.samples_file(step, decoding), overrides=overrides,
+               progress=SampleProgress(layout.sample_progress(step, decoding)))
 
 
 class SampleProgress:
@@ -301,12 +308,13 @@ def bertscore_model(spec: JobSpec) -> str | None:
         raise StageError(f"evaluate.bertscore_model: {err}") from None
 
 
-def evaluate(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:
+def evaluate(layout: RunLayout, spec: JobSpec, task, log) -> dict:
     from diffusion.metrics import score
 
-    seeds = spec.sample.seeds
-    chosen = read_samples(layout.samples_file(step))
-    single = read_samples(layout.seed_samples(step, seeds[0])) if len(seeds) > 1 else chosen
+    step, decoding = task.step, task.decoding
+    seeds = spec.library_config(decoding).sample.seeds
+    chosen = read_samples(layout.samples_file(step, decoding))
+    single = read_samples(layout.seed_samples(step, seeds[0], decoding)) if len(seeds) > 1 else chosen
     model = bertscore_model(spec)
 
     def scores(rows, hyp_key="hyp"):
@@ -318,12 +326,32 @@ def evaluate(layout: RunLayout, spec: JobSpec, step: int, log) -> dict:
         rows[f"mbr-{len(seeds)}"] = scores(chosen)
     result = {
         "run": layout.run_id, "label": spec.evaluate.label or default_label(spec), "noising": spec.diffusion.noising,
-        "step": step, "split": spec.evaluate.split, "n": len(chosen), "rows": rows,
+        "step": step, "decoding": decoding, "split": spec.evaluate.split, "n": len(chosen), "rows": rows,
         "copy_source": scores(chosen, "src"),  # QQP rewards copying: the source itself as the paraphrase
-        "diagnostics": checkpoint_diagnostics(layout, spec, step),
     }
-    atomic.write_json(layout.metrics(step), result)
-    return {"metrics": str(layout.metrics(step))}
+    if not decoding:  # the checkpoint's, whatever decodes it: once, beside its own decoding's scores
+        result["diagnostics"] = checkpoint_diagnostics(layout, spec, step)
+        result["loss_terms"] = logged_loss_terms(layout, step)
+    atomic.write_json(layout.metrics(step, decoding), result)
+    return {"metrics": str(layout.metrics(step, decoding))}
+
+
+def logged_loss_terms(layout: RunLayout, step: int) -> dict:
+    """The trainer's loss and per-term losses (mse on source and target positions, nll, ...) last
+    logged at or before `step`: where a checkpoint's training loss goes."""
+    last = {}
+    try:
+        lines = layout.train_log.read_text().splitlines()
+    except FileNotFoundError:
+        return last
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed trainer
+        if isinstance(record, dict) and "loss" in record and record.get("step", 0) <= step:
+            last = {"loss": record["loss"], **record.get("terms", {})}
+    return last
 
 
 def checkpoint_diagnostics(layout: RunLayout, spec: JobSpec, step: int) -> dict:
@@ -342,7 +370,7 @@ def default_label(spec: JobSpec) -> str:
     return NOISING[spec.diffusion.noising].label
 
 
-def aggregate(layout: RunLayout, spec: JobSpec, step: None, log) -> dict:
+def aggregate(layout: RunLayout, spec: JobSpec, task, log) -> dict:
     from .results import aggregate as write_results
 
     paths = write_results([layout.dir], layout.results)

@@ -40,6 +40,9 @@ def sampling_progress(layout: RunLayout, spec, rows: list[dict]) -> dict:
     s = spec.sample
     steps = s.steps or spec.diffusion.steps
     out = {"solver": s.solver, "steps": steps, "seeds": len(s.seeds)}
+    if spec.decodings:
+        out["decodings"] = len(spec.decodings)
+    rows = [row for row in rows if not row.get("decoding")]  # the named decodings' work differs: not in the estimate
     reports = {row["step"]: layout.read_json(layout.sample_progress(row["step"])) for row in rows}
     measured = [r for r in reports.values() if r and r["decoded"] > 0]
     if not measured:
@@ -67,7 +70,7 @@ def run_status(layout: RunLayout, report: dict) -> dict:
     loop_gone = scheduler.drives_itself and not local_loop_alive(layout)
     every_task = tasks(spec)
     # each done marker read and its outputs checked once a pass: a login node's shared filesystem
-    done_tasks = {task.name for task in every_task if layout.is_done(task.stage, task.step)}
+    done_tasks = {task.name for task in every_task if layout.is_done(**task.key)}
     # a full or read-only disk: the reason of whatever stopped without a word (no room for one)
     disk = None if len(done_tasks) == len(every_task) else refusal(layout.dir)
     by_name, failures = {}, []
@@ -75,7 +78,7 @@ def run_status(layout: RunLayout, report: dict) -> dict:
         entry = registry.current(task.name)
         job_state = states.get(entry["job_id"]) if entry else None
         done = task.name in done_tasks
-        failure = None if done else layout.failure(task.stage, task.step)
+        failure = None if done else layout.failure(**task.key)
         held = None if done or failure or (job_state and is_live(job_state)) else holder(layout, task)
         reason = ""
         if done:
@@ -91,14 +94,14 @@ def run_status(layout: RunLayout, report: dict) -> dict:
             failures.append({"task": task.name, **failure})
         elif task.name in given_up:
             state = TaskState.FAILED
-            failures.append({"task": task.name, "log": str(layout.log(task.stage, task.step)),
+            failures.append({"task": task.name, "log": str(layout.log(**task.key)),
                              "error": f"started {given_up[task.name]} times and killed each time (last job state "
                                       f"{job_state or 'unknown'}); `pipeline retry` tries again"})
         elif cancelled:
             state = TaskState.CANCELLED
         elif disk and entry and job_state:  # its job ended without a word: the disk had no room for one
             state = TaskState.FAILED
-            failures.append({"task": task.name, "log": str(layout.log(task.stage, task.step)),
+            failures.append({"task": task.name, "log": str(layout.log(**task.key)),
                              "error": f"{disk}; its job {entry['job_id']} ended without finishing it"})
         elif any(by_name.get(p.name, {}).get("state") in (TaskState.FAILED, TaskState.BLOCKED) for p in prerequisites(task, spec)):
             state, reason = TaskState.BLOCKED, "a task it needs failed"
@@ -111,13 +114,13 @@ def run_status(layout: RunLayout, report: dict) -> dict:
         else:
             waiting_for = [p.name for p in prerequisites(task, spec) if by_name.get(p.name, {}).get("state") != TaskState.DONE]
             state, reason = TaskState.WAITING_FOR_INPUT, "waits for " + (", ".join(waiting_for) or "its inputs")
-        row = {"task": task.name, "stage": task.stage, "step": task.step, "state": state,
+        row = {"task": task.name, **task.key, "state": state,
                "job": entry["job_id"] if entry else None, "job_state": job_state if state in (TaskState.RUNNING, TaskState.QUEUED) else None,
                "starts": attempts(layout, task.name)}
         if reason:
             row["reason"] = reason
         if state in (TaskState.RUNNING, TaskState.FAILED):
-            row["log"] = str(layout.log(task.stage, task.step))
+            row["log"] = str(layout.log(**task.key))
         by_name[task.name] = row
     stages = []
     for stage in STAGES:

@@ -83,6 +83,7 @@ class Backend:
         """A UserError, at submit, for resources this scheduler can never give (the scheduler
         itself judges a cluster's)."""
 
-    def has_room(self, spec, task, busy_tasks: list) -> bool:
-        """Whether `task` may start beside `busy_tasks` (the scheduler decides, except locally)."""
+    def has_room(self, res, busy: list) -> bool:
+        """Whether a task asking for `res` (StageResources) may start beside live tasks that asked
+        for `busy` (the scheduler decides, except locally)."""
         return True

@@ -115,11 +115,9 @@ class Local(Backend):
     def cancel(self, job_ids):
         return stop_processes([int(jid) for jid in job_ids])
 
-    def has_room(self, spec, task, busy_tasks):
+    def has_room(self, res, busy):
         """Cores are this machine's: start a task only when its cpus fit beside the running ones."""
-        used = sum(getattr(spec.resources, t.stage).cpus for t in busy_tasks)
-        want = getattr(spec.resources, task.stage).cpus
-        return not busy_tasks or used + want <= (os.cpu_count() or 1)
+        return not busy or sum(b.cpus for b in busy) + res.cpus <= (os.cpu_count() or 1)
 
 
 BACKEND = Local()

@@ -69,12 +69,13 @@ def samples(n):
 
 
 def test_arrays_group_tasks_waiting_for_the_same_jobs_or_task_by_task_for_one_array():
-    same = [(t, ["7"]) for t in samples(3)]
+    same = [("run", t, ["7"]) for t in samples(3)]
     assert _arrays(same) == [(same, ["7"], None)]
-    corresponding = [(t, [f"40_{i}"]) for i, t in enumerate(samples(3))]
+    corresponding = [(f"run{i}", t, [f"40_{i}"]) for i, t in enumerate(samples(3))]
     assert _arrays(corresponding) == [(corresponding, [], "40")]
-    mixed = [(samples(2)[0], ["7"]), (samples(2)[1], ["8"])]
-    assert _arrays(mixed) == [([mixed[0]], ["7"], None), ([mixed[1]], ["8"], None)]
+    # two runs' sampling, each waiting for its own training: an array a run
+    mixed = [("a", samples(2)[0], ["7"]), ("b", samples(2)[0], ["8"]), ("a", samples(2)[1], ["7"])]
+    assert _arrays(mixed) == [([mixed[0], mixed[2]], ["7"], None), ([mixed[1]], ["8"], None)]
 
 
 def test_a_pending_job_is_stale_when_it_waits_for_a_job_it_no_longer_needs():

@@ -124,7 +124,7 @@ def test_every_spec_key_is_read_by_the_code_that_runs_a_study(tmp_path, reads, m
             executor = backend(name).make_executor(tmp_path / name, site, res, f"x-{stage}")
             if backend(name).jobs_can_wait:
                 backend(name).wait_for(executor, ["1"])
-            backend(name).has_room(spec, tasks(spec)[0], tasks(spec)[:1])
+            backend(name).has_room(getattr(spec.resources, stage), [spec.resources.train])
 
     read_keys = {key for key, where in sections().items() if where in reads}
     unread = sorted(set(sections()) - read_keys - set(REFUSED) - set(GPU_ONLY))

@@ -9,6 +9,7 @@ import pytest
 from diffusion.config import ModelConfig, to_dict
 from diffusion.manifest import checkpoint_steps
 from pipeline.sites import SHIPPED
+from pipeline.plan import Task
 from pipeline.spec import SpecError, freeze, load_frozen, load_spec
 from tests.helpers import REPO
 
@@ -279,7 +280,7 @@ def test_evaluate_bertscore_batch_size_reaches_the_scorer(tmp_path, monkeypatch)
     monkeypatch.setattr(diffusion.metrics, "bertscore",
                         lambda hyps, refs, model, batch_size: calls.append((model, batch_size)) or 0.5)
     monkeypatch.setattr(stages, "checkpoint_diagnostics", lambda layout, spec, step: {})  # no checkpoint here
-    stages.evaluate(layout, spec, 10, print)
+    stages.evaluate(layout, spec, Task("evaluate", 10), print)
     assert calls and set(calls) == {("some-org/tiny", 7)}
 
 
