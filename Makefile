@@ -28,11 +28,10 @@ test: env
 test-fast: env
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not integration and not slurm and not slow"
 
-# the demo pair (target and full noising) on the local executor, then their combined table
+# the demo study (target and full noising) on the local executor, then its one table
 demo: env
-	OMP_NUM_THREADS=2 $(VENV)/bin/pipeline submit jobs/demo_target.yaml --wait
-	OMP_NUM_THREADS=2 $(VENV)/bin/pipeline submit jobs/demo_full.yaml --wait
-	$(VENV)/bin/pipeline results demo-target demo-full
+	OMP_NUM_THREADS=2 $(VENV)/bin/pipeline submit jobs/demo_study.yaml --wait
+	$(VENV)/bin/pipeline results demo
 
 clean:
 	rm -rf $(VENV) runs

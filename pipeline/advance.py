@@ -12,7 +12,7 @@ For each task not done, in the study's order:
   cannot wait (local, PJM) a task is submitted only when its inputs are ready.
 Tasks of one stage submitted in one pass with the same dependencies go out as one array.
 
-    python -m pipeline.advance RUN_DIR [--loop SECONDS]      (the local executor's background loop)
+    python -m pipeline.advance RUN_DIR|STUDY_DIR [--loop SECONDS]    (the local executor's background loop)
 """
 
 from __future__ import annotations
@@ -194,17 +194,33 @@ def _submit(plan: list[tuple], shared: Path | None, name: str) -> None:
 
 def _arrays(staged: list[tuple]) -> list[tuple[list, list[str], str | None]]:
     """[(items, the job ids they all wait for, or the array whose task i item i waits for)]; an
-    item is (run, task, job ids it waits for)."""
+    item is (run, task, job ids it waits for). All in one array where they can be; else one a
+    run where its items can be (its sampling, each waiting for its own training); else one a set
+    of jobs waited for."""
     if not staged:
         return []
-    deps = [tuple(after) for _, _, after in staged]
-    arrays = {d[0].split("_")[0] for d in deps if len(d) == 1}
-    if len(set(deps)) > 1 and len(arrays) == 1 and all(d == (f"{next(iter(arrays))}_{i}",) for i, d in enumerate(deps)):
-        return [(staged, [], next(iter(arrays)))]  # task i waits for task i
+    whole = _one_array(staged)
+    if whole:
+        return [whole]
+    runs: dict = {}
+    for item in staged:
+        runs.setdefault(item[0], []).append(item)
+    if len(runs) > 1:
+        return [group for items in runs.values() for group in _arrays(items)]
     groups: dict[tuple, list] = {}
-    for item, dep in zip(staged, deps):
-        groups.setdefault(dep, []).append(item)
+    for item in staged:
+        groups.setdefault(tuple(item[2]), []).append(item)
     return [(items, list(dep), None) for dep, items in groups.items()]
+
+
+def _one_array(staged: list[tuple]) -> tuple | None:
+    deps = [tuple(after) for _, _, after in staged]
+    if len(set(deps)) == 1:
+        return staged, list(deps[0]), None
+    arrays = {d[0].split("_")[0] for d in deps if len(d) == 1}
+    if len(arrays) == 1 and all(d == (f"{next(iter(arrays))}_{i}",) for i, d in enumerate(deps)):
+        return staged, [], next(iter(arrays))  # task i waits for task i
+    return None
 
 
 def submit_group(group: list[tuple], after: list[str], correspond: str | None = None, shared: Path | None = None,
@@ -248,10 +264,19 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--loop", type=float, default=None, help="advance every SECONDS until the study ends")
     args = parser.parse_args(argv)
+    from . import study
+    from .layout import StudyLayout
     from .stages import layout_of
 
-    layout = layout_of(args.run_dir)
+    folder = Path(args.run_dir)
     try:
+        if StudyLayout(folder.parent, folder.name).record.is_file():  # a study's loop drives all its runs
+            layout = StudyLayout(folder.parent, folder.name)
+            if args.loop is None:
+                print(study.advance(layout))
+                return 0
+            return 0 if study.watch(layout, interval=args.loop)["state"] == RunState.DONE else 1
+        layout = layout_of(args.run_dir)
         if args.loop is None:
             print(advance(layout))
             return 0

@@ -1,13 +1,16 @@
 """The `pipeline` command.
 
-    pipeline submit SPEC [--set key=value ...] [--site NAME] [--executor local] [--wait]
-    pipeline status [RUN] [--json]      one scheduler query; submits whatever has become ready
+    pipeline submit SPEC|STUDY [--set key=value ...] [--site NAME] [--executor local] [--wait]
+    pipeline status [RUN|STUDY] [--json]  one scheduler query; submits whatever has become ready
     pipeline watch RUN [--interval S]   the same in a loop, for a login-node session (tmux)
-    pipeline retry RUN [--wait]         resubmit failed tasks only
-    pipeline results RUN [RUN ...] [--out DIR]
+    pipeline retry RUN|STUDY [--wait]   resubmit failed tasks only
+    pipeline results RUN|STUDY [RUN ...] [--out DIR]
     pipeline score SAMPLES.jsonl [--bertscore-model NAME_OR_PATH | --no-bertscore] [--json]
-    pipeline cancel RUN
+    pipeline cancel RUN|STUDY
     pipeline repair RUN                 rebuild a damaged job registry (state/jobs.json), then go on
+
+A STUDY is a study file (pipeline/study_spec.py: a base spec, its variants, decodings), submitted
+as one run a variant (<study>-<variant>) and then named by its `study:` name.
 
 `submit` puts a run under its results root: --root or $PIPELINE_ROOT, else the site profile's
 `results_root` (default `runs/`); a relative one is taken from the current directory. The other
@@ -44,8 +47,21 @@ def find_run(args, run_id: str) -> RunLayout:
     return run_index.find(run_id, given_root(args))
 
 
+def find_study(args, name: str):
+    """The StudyLayout of that name, or None (then it is a run's)."""
+    return run_index.find_study(name, given_root(args))
+
+
 # --- submit ---
 def cmd_submit(args) -> int:
+    from . import study
+    from .study_spec import is_study_file, load_study
+
+    if is_study_file(args.spec):
+        found = load_study(args.spec, args.set or (), site=args.site)
+        first = next(iter(found.runs.values()))
+        root = given_root(args) or Path(first.site.results_root or run_index.DEFAULT_ROOT).resolve()
+        return study.submit(found, root, args.executor, args.wait)
     spec = load_spec(args.spec, args.set or (), site=args.site)
     root = given_root(args) or Path(spec.site.results_root or run_index.DEFAULT_ROOT).resolve()
     return runs.submit(spec, root, args.executor, args.wait)
@@ -80,12 +96,42 @@ def cmd_status(args) -> int:
         console.print(table if statuses else f"no runs (under {given_root(args) or './' + run_index.DEFAULT_ROOT}, "
                                              "nor submitted from this account)")
         return 0
+    found = find_study(args, args.run)
+    if found is not None:
+        from . import study
+
+        st = study.status(found)
+        if args.json:
+            print(json.dumps(st, indent=2))
+            return 0
+        print_study_status(st)
+        return 0
     st = runs.advance_and_status(find_run(args, args.run))
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
     print_status(st)
     return 0
+
+
+def print_study_status(st: dict) -> None:
+    """A row a run: its state and where each stage is; the failures and what to do under it."""
+    from .study import summary
+
+    table = Table(title=f"{st['study']}: {st['state']} ({st['executor']}, {len(st['runs'])} runs, "
+                        f"{st['scheduler_queries']} scheduler query)")
+    table.add_column("run", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("stages")
+    for run in st["runs"]:
+        table.add_row(run["run"], f"[{STATE_STYLE[run['state']]}]{run['state']}[/]", summary(run))
+    console.print(table)
+    for run in st["runs"]:
+        runs.print_failures(run)
+        if run.get("next") and run["state"] != RunState.DONE:
+            console.print(f"{run['run']} is {run['state']}: {run['next']}", highlight=False)
+    if st.get("not_submitted"):
+        console.print(f"nothing was submitted ({st['not_submitted']})", highlight=False)
 
 
 def print_status(st: dict) -> None:
@@ -146,18 +192,36 @@ def cmd_watch(args) -> int:
 
 # --- retry ---
 def cmd_retry(args) -> int:
+    found = find_study(args, args.run)
+    if found is not None:
+        from . import study
+
+        return study.retry(found, args.wait)
     return runs.retry(find_run(args, args.run), args.wait)
 
 
 # --- results ---
 def cmd_results(args) -> int:
-    from .results import aggregate, load_run_metrics, render_console, table_rows
+    from .results import aggregate, checkpoint_markdown, checkpoint_rows, load_run_metrics, render_console, table_rows
 
-    layouts = [find_run(args, run) for run in args.runs]
-    out = Path(args.out) if args.out else (layouts[0].results if len(layouts) == 1
-                                           else layouts[0].root / ("results-" + "+".join(args.runs)))
-    rows = table_rows([m for layout in layouts for m in load_run_metrics(layout.dir)])
-    print(render_console(rows, width=console.width if console.is_terminal else None))
+    studies = [find_study(args, name) for name in args.runs]
+    if len(args.runs) == 1 and studies[0] is not None:  # a study: its runs with metrics so far, its results folder
+        from .study import metric_runs
+
+        layouts = metric_runs(studies[0])
+        if not layouts:
+            raise UserError(f"study {args.runs[0]}: no metrics yet (no run has finished evaluating a checkpoint)")
+        out = Path(args.out) if args.out else studies[0].results
+    else:
+        layouts = [find_run(args, run) for run in args.runs]
+        out = Path(args.out) if args.out else (layouts[0].results if len(layouts) == 1
+                                               else layouts[0].root / ("results-" + "+".join(args.runs)))
+    metric_files = [m for layout in layouts for m in load_run_metrics(layout.dir)]
+    print(render_console(table_rows(metric_files), width=console.width if console.is_terminal else None))
+    checkpoints = checkpoint_rows(metric_files)
+    if checkpoints:
+        print("Checkpoints: the training loss and its terms last logged, the decoder's token accuracy at a few "
+              "noise levels, embedding norms\n" + checkpoint_markdown(checkpoints))
     try:
         paths = aggregate([layout.dir for layout in layouts], out)
     except OSError as err:  # the table is printed all the same
@@ -221,6 +285,11 @@ def cmd_score(args) -> int:
 
 # --- cancel, repair ---
 def cmd_cancel(args) -> int:
+    found = find_study(args, args.run)
+    if found is not None:
+        from . import study
+
+        return study.cancel(found)
     return runs.cancel(find_run(args, args.run))
 
 
@@ -244,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, **kwargs) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kwargs)
 
-    p = add("submit", help="submit a study from a job spec")
+    p = add("submit", help="submit a run from a job spec, or every run of a study file")
     p.add_argument("spec")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a spec value, e.g. train.steps=100 (repeat --set for each)")

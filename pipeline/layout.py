@@ -250,3 +250,48 @@ class RunLayout:
         except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
             return None  # not written (yet), its folder is not one, or damaged
         return found if isinstance(found, dict) else None
+
+
+class StudyLayout:
+    """A study's own folder, beside its runs (<results_root>/<study>-<variant>/, each a RunLayout):
+
+    <results_root>/<study>/
+        study.yaml                      the study as submitted: its file, runs by variant, concurrent_train
+        data/<digest>/                  the prepared data of the variants whose data sections are equal
+                                        (each run's data/ links here: one preprocess does the work)
+        results/                        table.{md,csv,tex,json}, checkpoints.md, metrics.png of every run
+        logs/submitit/, logs/driver.log submitit's files of jobs that carry several runs' tasks; the local loop's output
+        state/driver.json, submit.lock  the local executor's loop over the runs; the study's lock
+    """
+
+    def __init__(self, root: str | Path, name: str):
+        self.root = Path(root).resolve()
+        self.name = validate_run_id(name)
+        self.dir = self.root / name
+
+    @property
+    def record(self) -> Path:
+        return self.dir / "study.yaml"
+
+    def data(self, digest: str) -> Path:
+        return self.dir / "data" / digest
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "results"
+
+    @property
+    def submitit_logs(self) -> Path:
+        return self.dir / "logs" / "submitit"
+
+    @property
+    def driver_log(self) -> Path:
+        return self.dir / "logs" / "driver.log"
+
+    @property
+    def driver(self) -> Path:
+        return self.dir / "state" / "driver.json"
+
+    @property
+    def submit_lock(self) -> Path:
+        return self.dir / "state" / "submit.lock"

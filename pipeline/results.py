@@ -84,8 +84,9 @@ def table_rows(metric_files: list[dict]) -> list[dict]:
     for m in ordered:
         named = m.get("decoding") or ""  # a named decoding of the spec's; "" its own sample section
         for decoding in sorted(m["rows"], key=_decoding_order):
-            suffix = ("" if decoding == "single" else " " + decoding.upper()) + (f" [{named}]" if named else "")
-            rows.append({"model": f"{m['label']} ({m['step']} interval){suffix}", "run": m["run"], "step": m["step"],
+            suffix = "" if decoding == "single" else " " + decoding.upper()
+            point = f"{m['step']} interval" + (f", {named}" if named else "")
+            rows.append({"model": f"{m['label']} ({point}){suffix}", "run": m["run"], "step": m["step"],
                          "decoding": decoding, "decoded_with": named, "split": m["split"], "n": m.get("n"),
                          **{k: m["rows"][decoding].get(k) for k in COLUMNS}})
 
@@ -122,14 +123,19 @@ def checkpoint_rows(metric_files: list[dict]) -> list[dict]:
         if m.get("decoding") or not (m.get("loss_terms") or m.get("diagnostics")):
             continue
         d = m.get("diagnostics") or {}
+        accuracy = sorted((d.get("token_accuracy") or {}).items(), key=lambda item: int(item[0].partition("=")[2] or 0))
         rows.append({"run": m["run"], "step": m["step"], **(m.get("loss_terms") or {}),
-                     **{f"acc {t}": v for t, v in (d.get("token_accuracy") or {}).items()},
+                     **{f"acc {t}": v for t, v in accuracy},
                      **{k: d[k] for k in ("embedding_norm", "pad_norm") if k in d}})
     return rows
 
 
 def checkpoint_markdown(rows: list[dict]) -> str:
-    columns = list(dict.fromkeys(k for r in rows for k in r))
+    # the loss and its terms, then the accuracies by noise level, then the norms (a first
+    # checkpoint logged before any loss line has none)
+    found = list(dict.fromkeys(k for r in rows for k in r))
+    late = [k for k in found if k.startswith("acc ") or k.endswith("_norm")]
+    columns = [k for k in found if k not in late] + late
     lines = ["| " + " | ".join(columns) + " |", "| --- | ---: " + "| ---: " * (len(columns) - 2) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(_fmt("", r.get(k)) if isinstance(r.get(k), float) else str(r.get(k, "–"))
@@ -259,13 +265,14 @@ def render_console(rows: list[dict], width: int | None = 140) -> str:
     tell the rows apart (model, run) are never cut: where the scores do not fit beside them,
     they continue in a second table (and a third...) under the first, with the same rows."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     run = several_runs(rows)
     every = "+".join(dict.fromkeys(r["run"] for r in rows if r["decoding"] != "copy"))
     names = ["Model", *(["Run"] if run else [])]
     # a baseline shared by every run says "all" here (its full list is in the files)
-    cells = [[r["model"], *([("all" if r["run"] == every else r["run"])] if run else [])] for r in rows]
+    cells = [[escape(r["model"]), *([("all" if r["run"] == every else r["run"])] if run else [])] for r in rows]
     scores = [(HEADERS[k], [_fmt(k, r[k]) for r in rows]) for k in COLUMNS]
 
     def cell_width(header: str, values: list[str]) -> int:

@@ -37,15 +37,15 @@ def _read() -> dict[str, list[str]]:
     return runs if isinstance(runs, dict) else {}
 
 
-def remember(layout: RunLayout) -> str | None:
-    """Record where a run was submitted; what went wrong (a read-only home, say), else None. A
-    run that cannot be remembered still runs: --root finds it."""
+def remember(name: str, folder: Path) -> str | None:
+    """Record where a run (or a study) was submitted; what went wrong (a read-only home, say),
+    else None. A run that cannot be remembered still runs: --root finds it."""
     path = index_path()
     try:
         with locks.exclusive(path.with_suffix(".lock"), what="pipeline submit", wait=True):
             runs = _read()
-            folders = [f for f in runs.get(layout.run_id, []) if f != str(layout.dir)]
-            runs[layout.run_id] = folders + [str(layout.dir)]
+            folders = [f for f in runs.get(name, []) if f != str(folder)]
+            runs[name] = folders + [str(folder)]
             atomic.write_json(path, {"runs": runs})
     except OSError as err:
         return f"the index of runs {path} was not updated ({write_problem(err) or err})"
@@ -77,6 +77,21 @@ def find(run_id: str, root: Path | None) -> RunLayout:
         raise UserError(f"no run {run_id!r}: not under ./{DEFAULT_ROOT} and not submitted from this account "
                         f"(index {index_path()}); give its results root with --root")
     return RunLayout(found[0].parent, run_id)
+
+
+def find_study(name: str, root: Path | None):
+    """The StudyLayout of a study by that name (under `root`, the current directory's default root,
+    or where the index saw it submitted), else None: the name is then looked for as a run."""
+    from .layout import StudyLayout
+
+    if not RUN_ID.match(name or ""):
+        return None
+    candidates = [Path(root) / name] if root is not None else \
+        [Path(DEFAULT_ROOT).resolve() / name, *map(Path, reversed(_read().get(name, [])))]
+    for folder in candidates:
+        if StudyLayout(folder.parent, name).record.is_file():
+            return StudyLayout(folder.parent, name)
+    return None
 
 
 def every_run(root: Path | None) -> list[RunLayout]:

@@ -24,19 +24,33 @@ from .states import JobState, RunState, TaskState
 
 def submit(spec, root: Path, executor: str | None, wait: bool) -> int:
     """Check the spec's data and offline needs, write the run's inputs, start it."""
-    from .jobs import Registry, run_lock
+    executor = executor or spec.site.executor
+    check(spec, root, executor)
+    layout = write_inputs(spec, root, executor)
+    return start(layout, executor, wait)
+
+
+def check(spec, root: Path, executor: str) -> None:
+    """What can be known before anything is written or queued: resources no job of this executor
+    could ever get, the data the jobs will read, what offline jobs need fetched (fetched here)."""
     from .preflight import check_data
     from .prefetch import prefetch
-    from .stages import write_run_inputs
 
-    executor = executor or spec.site.executor
-    backend(executor).check_resources(spec)  # what no job of this executor could ever get
-    check_data(spec)  # the data the jobs will read, before anything is written or queued
-    layout = RunLayout(root, spec.name)
-    frozen = freeze(spec)
-    fetched = prefetch(spec, layout.root)  # before anything is written: a spec that cannot run offline is refused whole
+    backend(executor).check_resources(spec)
+    check_data(spec)
+    fetched = prefetch(spec, Path(root).resolve())  # a spec that cannot run offline is refused whole
     if fetched:
         console.print("cached for offline jobs: " + ", ".join(fetched))
+
+
+def write_inputs(spec, root: Path, executor: str, data_from: Path | None = None) -> RunLayout:
+    """The run's folder and inputs (its frozen spec and config), or the same found there;
+    `data_from`: a prepared-data folder the run shares (a study's variants with equal data)."""
+    from .jobs import Registry, run_lock
+    from .stages import write_run_inputs
+
+    layout = RunLayout(root, spec.name)
+    frozen = freeze(spec)
     layout.dir.mkdir(parents=True, exist_ok=True)
     with run_lock(layout):  # two submits of one run at once: the second sees the first's inputs and jobs
         if layout.spec.is_file():
@@ -49,14 +63,17 @@ def submit(spec, root: Path, executor: str | None, wait: bool) -> int:
         if registry.executor and registry.executor != executor:
             raise UserError(f"run {spec.name!r} was submitted with the {registry.executor} executor; "
                             f"continue it with --executor {registry.executor}")
+        if data_from is not None and not os.path.lexists(layout.data):
+            data_from.mkdir(parents=True, exist_ok=True)
+            layout.data.symlink_to(os.path.relpath(data_from, layout.dir), target_is_directory=True)
         write_run_inputs(layout, spec, frozen)
         layout.cancel_flag.unlink(missing_ok=True)
     from .run_index import remember
 
-    problem = remember(layout)  # so that `pipeline status RUN` finds it from anywhere
+    problem = remember(layout.run_id, layout.dir)  # so that `pipeline status RUN` finds it from anywhere
     if problem:
         err_console.print(f"warning: {problem}; the other commands find this run with --root {layout.root}", highlight=False)
-    return start(layout, executor, wait)
+    return layout
 
 
 def start(layout: RunLayout, executor: str, wait: bool) -> int:
@@ -187,10 +204,26 @@ def advance_and_status(layout: RunLayout) -> dict:
 def retry(layout: RunLayout, wait: bool) -> int:
     """Forget the failed tasks' failures and jobs, and start the run again from where it is; a
     task whose outputs were damaged is done again with every task that reads them."""
+    st = advance_and_status(layout)
+    retried = forget_failed(layout, st)
+    if not retried and st["state"] not in (RunState.CANCELLED, RunState.STOPPED):
+        console.print(f"{layout.run_id}: no failed task to retry ({st['state']})")
+        return 0
+    console.print(f"retrying {', '.join(retried) or 'the stopped run'}")
+    return start(layout, st["executor"] or load_frozen(layout.spec).site.executor, wait)
+
+
+def forget_failed(layout: RunLayout, st: dict | None = None) -> list[str]:
+    """Forget the run's failed tasks (and, for damaged outputs, every task that reads them) and its
+    cancel flag, so that the next pass submits them again; the tasks' names."""
     from .jobs import Registry, clear_attempts, run_lock
     from .plan import Task, dependents
+    from .status import run_status
 
-    st = advance_and_status(layout)
+    if st is None:
+        from .advance import advance
+
+        st = run_status(layout, advance(layout, submit=False))
     spec = load_frozen(layout.spec)
     retried = []
     with run_lock(layout):
@@ -210,12 +243,7 @@ def retry(layout: RunLayout, wait: bool) -> int:
                     retried.append(redo.name)
         registry.save()
         layout.cancel_flag.unlink(missing_ok=True)
-    retried = list(dict.fromkeys(retried))
-    if not retried and st["state"] not in (RunState.CANCELLED, RunState.STOPPED):
-        console.print(f"{layout.run_id}: no failed task to retry ({st['state']})")
-        return 0
-    console.print(f"retrying {', '.join(retried) or 'the stopped run'}")
-    return start(layout, st["executor"] or load_frozen(layout.spec).site.executor, wait)
+    return list(dict.fromkeys(retried))
 
 
 def cancel(layout: RunLayout) -> int:

@@ -182,11 +182,21 @@ def preprocess(layout: RunLayout, spec: JobSpec, task, log) -> dict:
 
     try:
         check_data(spec)
-        info = prepare(spec.data, layout.data)
+        with shared_data(layout):
+            info = prepare(spec.data, layout.data)
         check_train_size(spec, info["counts"]["train"], "the prepared train split")
     except PreflightError as err:
         raise StageError(str(err)) from None
     return info
+
+
+def shared_data(layout: RunLayout):
+    """A study's variants with equal data sections share one prepared folder (the run's data/ links
+    to it): the first preprocess to take its lock prepares it, the others wait, then find it done."""
+    if not layout.data.is_symlink():
+        return contextlib.nullcontext()
+    target = layout.data.resolve()
+    return locks.exclusive(target.with_name(target.name + ".lock"), what=f"preprocess of {layout.run_id}", wait=True)
 
 
 def train(layout: RunLayout, spec: JobSpec, task, log) -> dict:

@@ -209,7 +209,7 @@ def test_a_run_of_one_name_in_two_checkouts_is_the_one_where_the_user_stands(tmp
     for layout in layouts:
         layout.dir.mkdir(parents=True)
         layout.spec.write_text("name: demo-target\n")
-        assert run_index.remember(layout) is None
+        assert run_index.remember(layout.run_id, layout.dir) is None
     for layout in layouts:
         monkeypatch.chdir(layout.root.parent)  # `make demo` then `pipeline results` in each checkout
         assert run_index.find("demo-target", None).dir == layout.dir
