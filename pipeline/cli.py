@@ -61,7 +61,9 @@ def cmd_submit(args) -> int:
         found = load_study(args.spec, args.set or (), site=args.site)
         first = next(iter(found.runs.values()))
         root = given_root(args) or Path(first.site.results_root or run_index.DEFAULT_ROOT).resolve()
-        return study.submit(found, root, args.executor, args.wait)
+        return study.submit(found, root, args.executor, args.wait, args.only.split(",") if args.only else None)
+    if args.only:
+        raise UserError(f"{args.spec}: --only chooses variants of a study file, and this is a job spec")
     spec = load_spec(args.spec, args.set or (), site=args.site)
     root = given_root(args) or Path(spec.site.results_root or run_index.DEFAULT_ROOT).resolve()
     return runs.submit(spec, root, args.executor, args.wait)
@@ -321,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "one shipped: local, slurm-generic, wisteria-aquarius); default: the spec's, else local")
     p.add_argument("--executor", choices=list(EXECUTORS))
     p.add_argument("--wait", action="store_true", help="stay in the foreground with progress bars until the study ends")
+    p.add_argument("--only", metavar="VARIANT[,VARIANT]", help="a study file: submit these variants now (the others "
+                   "can follow later, into the same study)")
     p.set_defaults(func=cmd_submit)
     p = add("status", help="state of a run (or of all runs); submits what has become ready")
     p.add_argument("run", nargs="?")

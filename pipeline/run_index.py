@@ -74,7 +74,7 @@ def find(run_id: str, root: Path | None) -> RunLayout:
         raise UserError(f"run {run_id!r} is in {len(found)} places ({', '.join(map(str, found))}); "
                         "choose one with --root")
     if not found:
-        raise UserError(f"no run {run_id!r}: not under ./{DEFAULT_ROOT} and not submitted from this account "
+        raise UserError(f"no run or study {run_id!r}: not under ./{DEFAULT_ROOT} and not submitted from this account "
                         f"(index {index_path()}); give its results root with --root")
     return RunLayout(found[0].parent, run_id)
 

@@ -29,15 +29,21 @@ ENDED = (RunState.DONE, RunState.FAILED, RunState.CANCELLED)  # nothing more hap
 
 
 # --- submit ---
-def submit(study: Study, root: Path, executor: str | None, wait: bool) -> int:
+def submit(study: Study, root: Path, executor: str | None, wait: bool, only: list[str] | None = None) -> int:
     """Check every variant before anything is written, write the study's record and each run's
-    inputs (variants with equal data sections sharing one prepared folder), then start them."""
+    inputs (variants with equal data sections sharing one prepared folder), then start them.
+    `only`: these variants now (a study too big for one machine's time, in parts); the others
+    can be submitted the same way later, into the same study."""
     from . import runs
     from .run_index import remember
 
+    unknown = sorted(set(only or ()) - set(study.runs))
+    if unknown:
+        raise UserError(f"{study.file}: no variant {unknown[0]!r}; its variants are {', '.join(study.runs)}")
     specs = list(study.runs.values())
+    chosen = [spec for variant, spec in study.runs.items() if not only or variant in only]
     executor = executor or specs[0].site.executor
-    for spec in specs:
+    for spec in chosen:
         runs.check(spec, root, executor)
     layout = StudyLayout(root, study.name)
     record = {"study": study.name, "file": study.file, "executor": executor,
@@ -53,7 +59,7 @@ def submit(study: Study, root: Path, executor: str | None, wait: bool) -> int:
     sharing: dict[str, int] = {}
     for spec in specs:
         sharing[data_digest(spec)] = sharing.get(data_digest(spec), 0) + 1
-    for spec in specs:
+    for spec in chosen:
         shared = layout.data(data_digest(spec)) if sharing[data_digest(spec)] > 1 else None
         runs.write_inputs(spec, root, executor, data_from=shared)
     problem = remember(study.name, layout.dir)
@@ -80,7 +86,8 @@ def run_layouts(layout: StudyLayout) -> list[RunLayout]:
     record = read_record(layout)
     if record is None:
         raise UserError(f"{layout.record}: missing or damaged; submit the study file again to rewrite it")
-    return [RunLayout(layout.root, run_id) for run_id in record["runs"].values()]
+    runs = [RunLayout(layout.root, run_id) for run_id in record["runs"].values()]
+    return [run for run in runs if run.spec.is_file()]  # variants not submitted (yet: `submit --only`) left out
 
 
 def executor_of(layout: StudyLayout) -> str:
