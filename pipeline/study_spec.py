@@ -42,12 +42,13 @@ class Study:
 
 
 def is_study_file(path: str | Path) -> bool:
-    """A YAML file with `variants:` at the top (anything unreadable is left to the spec loader)."""
+    """A YAML file with `study:` or `variants:` at the top (anything unreadable is left to the spec
+    loader, which says why)."""
     try:
         data, _ = read_yaml(Path(path))
     except SpecError:
         return False
-    return "variants" in data
+    return "study" in data or "variants" in data
 
 
 def load_study(path: str | Path, overrides: Sequence[str] = (), site: str | None = None) -> Study:
