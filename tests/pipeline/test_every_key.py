@@ -76,9 +76,16 @@ def test_every_spec_key_is_read_by_the_code_that_runs_a_study(tmp_path, reads, m
     from pipeline.stages import run_task, write_run_inputs
     from pipeline.status import run_status
 
-    for path in sorted((REPO / "jobs").glob("*.yaml")):
-        load_spec(path, ["name=every-key"])  # bases have no name of their own
-    spec = load_spec(REPO / "jobs/demo_target.yaml", TINY)
+    from pipeline.study_spec import is_study_file, load_study
+
+    for path in sorted([*(REPO / "jobs").glob("*.yaml"), *(REPO / "jobs/studies").glob("*.yaml")]):
+        if is_study_file(path):
+            load_study(path)
+        else:
+            load_spec(path, ["name=every-key"])  # bases have no name of their own
+    # a decoding of its own: the decodings' keys are read too
+    spec = load_spec(REPO / "jobs/demo_target.yaml", [*TINY, "name=decoded",
+                                                      "decodings={ddim-5: {sample.solver: ddim, sample.steps: 5}}"])
     layout = RunLayout(tmp_path / "runs", spec.name)
     check_data(spec)
     prefetch(spec, layout.root)
@@ -93,14 +100,14 @@ def test_every_spec_key_is_read_by_the_code_that_runs_a_study(tmp_path, reads, m
         os.environ.clear()
         os.environ.update(environment)
     for task in tasks(spec)[1:]:
-        assert run_task(str(layout.dir), task.stage, task.step) == "done", task.name
+        assert run_task(str(layout.dir), task.stage, task.step, task.decoding) == "done", task.name
     run_status(layout, advance(layout, submit=False))
     # a submit as typed, from a folder of its own (the site's results root, the run's name), then cancelled
     from pipeline import cli
 
     monkeypatch.chdir(tmp_path)
     assert cli.main(["submit", str(REPO / "jobs/demo_target.yaml"), *(a for s in TINY for a in ("--set", s))]) == 0
-    assert cli.main(["cancel", spec.name, "--root", str(tmp_path / "runs")]) == 0
+    assert cli.main(["cancel", "demo-target", "--root", str(tmp_path / "runs")]) == 0
 
     # every noising mode, solver and rounding reads what it reads
     cfg, denoiser, tokenizer = load_exported(layout.checkpoint(4), "cpu")
