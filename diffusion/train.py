@@ -44,7 +44,7 @@ def trainer_clips(cfg: Config) -> bool:
     """Whether train_step clips the gradients itself (ZeRO-0) rather than DeepSpeed (ZeRO 1-3, whose
     optimizer clips): DeepSpeed's ZeRO-0 clipping launches a norm and a multiply per parameter and
     copies two scalars to the card, each copy waiting for it (the budget recipe: 18 % of the real
-    tokens/s on an H200, env/device/step_profile.py)."""
+    tokens/s on an H200, `python -m diffusion.bench profile`)."""
     return cfg.train.zero_stage == 0
 
 
@@ -155,7 +155,7 @@ def build(cfg: Config, env, zero_overrides: dict | None = None) -> Training:
     engine, _, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer, lr_scheduler=lr_schedule, config=ds_config)
     if env.world_size == 1 and tc.zero_stage == 0:
         # on one rank the all-reduce is the identity, yet DeepSpeed flattens every gradient, reduces
-        # it and copies it back each step (7 % of the budget recipe's step on an H200, step_profile.py)
+        # it and copies it back each step (7 % of the budget recipe's step on an H200, diffusion.bench profile)
         engine.enable_backward_allreduce = False
     ema = EMA(engine.module.denoiser, tc.ema_rate, tc.ema_warmup)
     sampler = make_sampler(cfg.diffusion.timestep_sampler, schedule.num_steps, env.device)

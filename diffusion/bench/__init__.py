@@ -25,7 +25,3 @@
   mask, against fp32; one JSON line a length. Without a CUDA GPU it says so and exits 2.
 `--tiny` (train, sample) measures a tiny model, so that CI can check the commands run on a CPU.
 """
-
-from .common import sync
-
-__all__ = ["sync"]  # env/device/step_profile.py imports it from here
