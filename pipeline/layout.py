@@ -3,12 +3,14 @@
     <results_root>/<run_id>/
         spec.yaml                       the resolved job spec, frozen at submit time
         config.yaml                     its library part, what `python -m diffusion.train` reads
-        data/                           tokenizer.json, {train,valid,test}.pt and .jsonl, prepared.json
+        data/                           tokenizer.json, {train,valid,test}.pt and .jsonl, prepared.json (in a
+                                        study, a link to the folder the variants with equal data share)
         checkpoints/step_NNNNNNN/       written by the trainer, renamed into place when complete
         heartbeat.json, train_log.jsonl the trainer's progress; train.lock, held while a trainer writes here
-        samples/step_NNNNNNN/           samples.jsonl (the MBR choice, or the single seed's), samples.seed<S>.jsonl,
-                                        progress.json (candidates decoded so far, for status)
-        metrics/step_NNNNNNN.json       scores of one checkpoint
+        samples/step_NNNNNNN[-<decoding>]/  samples.jsonl (the MBR choice, or the single seed's), samples.seed<S>.jsonl,
+                                        progress.json (candidates decoded so far, for status); -<decoding>:
+                                        a named decoding of the spec's (JobSpec.decodings), else its own
+        metrics/step_NNNNNNN[-<decoding>].json  scores of one checkpoint decoded one way
         results/                        table.{md,csv,tex,json}, metrics.png
         logs/<stage>[-<task>].log       what each stage and task printed
         state/<task>.done               completion markers, written last, with the size of every output
