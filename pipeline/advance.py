@@ -10,7 +10,9 @@ For each task not done, in the study's order:
   limit, node failure, cancelled) → resubmitted, at most MAX_ATTEMPTS starts in all;
 - a new job waits (Slurm: afterok) for the live jobs of unfinished prerequisites; where jobs
   cannot wait (local, PJM) a task is submitted only when its inputs are ready.
-Tasks of one stage submitted in one pass with the same dependencies go out as one array.
+Tasks of one stage submitted in one pass with the same dependencies go out as one array; a pass
+over a study's runs (advance_runs) queries the scheduler once for all of them and makes one array
+of a stage's tasks across the runs where their resources and dependencies allow.
 
     python -m pipeline.advance RUN_DIR|STUDY_DIR [--loop SECONDS]    (the local executor's background loop)
 """
