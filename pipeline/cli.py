@@ -2,7 +2,7 @@
 
     pipeline submit SPEC|STUDY [--set key=value ...] [--site NAME] [--executor local] [--wait]
     pipeline status [RUN|STUDY] [--json]  one scheduler query; submits whatever has become ready
-    pipeline watch RUN [--interval S]   the same in a loop, for a login-node session (tmux)
+    pipeline watch RUN|STUDY [--interval S]  the same in a loop, for a login-node session (tmux)
     pipeline retry RUN|STUDY [--wait]   resubmit failed tasks only
     pipeline results RUN|STUDY [RUN ...] [--out DIR]
     pipeline score SAMPLES.jsonl [--bertscore-model NAME_OR_PATH | --no-bertscore] [--json]
@@ -187,6 +187,13 @@ def print_status(st: dict) -> None:
 def cmd_watch(args) -> int:
     from .advance import watch
 
+    found = find_study(args, args.run)
+    if found is not None:
+        from . import study
+
+        st = study.watch(found, interval=args.interval, submit=None, on_pass=lambda st: (
+            console.clear() if console.is_terminal else None, print_study_status(st)))
+        return 0 if st["state"] == RunState.DONE else 1
     layout = find_run(args, args.run)
     st = watch(layout, interval=args.interval, on_pass=lambda st: (console.clear() if console.is_terminal else None, print_status(st)))
     return 0 if st["state"] == RunState.DONE else 1
@@ -330,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="?")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
-    p = add("watch", help="status in a loop until the run ends (keep it in tmux on a login node)")
+    p = add("watch", help="status in a loop until the run (or study) ends (keep it in tmux on a login node)")
     p.add_argument("run")
     p.add_argument("--interval", type=float, default=60.0, help="seconds between scheduler queries")
     p.set_defaults(func=cmd_watch)

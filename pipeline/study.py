@@ -156,11 +156,12 @@ def ended(st: dict) -> bool:
 
 
 # --- the local loop, and following ---
-def watch(layout: StudyLayout, interval: float = 30.0, on_pass=None) -> dict:
+def watch(layout: StudyLayout, interval: float = 30.0, on_pass=None, submit: bool | None = True) -> dict:
     """Advance every run until each has ended; then the study's results table, where there are
-    metrics for one."""
+    metrics for one. `submit`: as status takes it (None: `pipeline watch`, which leaves the local
+    executor's submitting to its loop)."""
     while True:
-        st = status(layout, submit=True)
+        st = status(layout, submit=submit)
         if on_pass:
             on_pass(st)
         if ended(st):

@@ -132,3 +132,16 @@ def test_a_second_submit_of_a_study_under_other_variants_is_refused(tmp_path):
 
     with pytest.raises(UserError, match="already exists .* with the variants other"):
         study.submit(found, tmp_path / "runs", None, wait=False)
+
+
+def test_concurrent_train_caps_the_variants_training_at_once(slurm, tmp_path):  # noqa: F811
+    from pipeline.advance import advance_runs
+
+    found = load_study(REPO / "jobs" / "demo_study.yaml", [*TINY, "site.executor=slurm"])
+    from pipeline import runs
+
+    layouts = [runs.write_inputs(spec, tmp_path / "runs", "slurm") for spec in found.runs.values()]
+    reports = advance_runs(layouts, "slurm", train_at_once=1)
+    assert [("train" in report["submitted"]) for report in reports.values()] == [True, False]
+    reports = advance_runs(layouts, "slurm", train_at_once=1)  # the first still queued: the second waits
+    assert all("train" not in report["submitted"] for report in reports.values())
