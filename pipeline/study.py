@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -56,9 +57,7 @@ def submit(study: Study, root: Path, executor: str | None, wait: bool, only: lis
                             f"{', '.join(found.get('runs', {}))}; give the new one another name (`study:`) "
                             "or remove the old folder")
         atomic.write_text(layout.record, yaml.safe_dump(record, sort_keys=False))
-    sharing: dict[str, int] = {}
-    for spec in specs:
-        sharing[data_digest(spec)] = sharing.get(data_digest(spec), 0) + 1
+    sharing = Counter(data_digest(spec) for spec in specs)  # variants a data section has
     for spec in chosen:
         shared = layout.data(data_digest(spec)) if sharing[data_digest(spec)] > 1 else None
         runs.write_inputs(spec, root, executor, data_from=shared)
