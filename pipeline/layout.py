@@ -61,11 +61,56 @@ def point_name(step: int, decoding: str = "") -> str:
     return step_dir_name(step) + (f"-{decoding}" if decoding else "")
 
 
-class RunLayout:
-    def __init__(self, root: str | Path, run_id: str):
+class Folder:
+    """What a run's folder and a study's have alike (<results_root>/<name>/): results/, logs/ with
+    submitit's files and the local executor loop's output, state/ with that loop's pid and the
+    lock of whoever submits."""
+
+    def __init__(self, root: str | Path, name: str):
         self.root = Path(root).resolve()
-        self.run_id = validate_run_id(run_id)
-        self.dir = self.root / run_id
+        self.name = validate_run_id(name)
+        self.dir = self.root / name
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "results"
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def submitit_logs(self) -> Path:
+        return self.logs / "submitit"  # submitit's own files of each job: its pickles, stdout and stderr
+
+    @property
+    def driver_log(self) -> Path:
+        return self.logs / "driver.log"  # what the local executor's loop printed
+
+    @property
+    def state(self) -> Path:
+        return self.dir / "state"
+
+    @property
+    def submit_lock(self) -> Path:
+        return self.state / "submit.lock"
+
+    @property
+    def driver(self) -> Path:
+        return self.state / "driver.json"  # the local executor's loop: its pid and process group
+
+    def read_json(self, path: Path) -> dict | None:
+        try:
+            found = json.loads(path.read_text())
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+            return None  # not written (yet), its folder is not one, or damaged
+        return found if isinstance(found, dict) else None
+
+
+class RunLayout(Folder):
+    @property
+    def run_id(self) -> str:
+        return self.name
 
     # --- inputs and outputs ---
     @property
@@ -124,41 +169,13 @@ class RunLayout:
         """The metrics written so far (a name starting with '.' is a write in progress)."""
         return sorted(p for p in self.metrics_dir.glob("step_*.json") if p.is_file() and not p.name.startswith("."))
 
-    @property
-    def results(self) -> Path:
-        return self.dir / "results"
-
-    @property
-    def logs(self) -> Path:
-        return self.dir / "logs"
-
     def log(self, stage: str, step: int | None = None, decoding: str = "") -> Path:
         return self.logs / f"{task_name(stage, step, decoding)}.log"
 
-    @property
-    def submitit_logs(self) -> Path:
-        return self.logs / "submitit"  # submitit's own files of each job: its pickles, stdout and stderr
-
-    @property
-    def driver_log(self) -> Path:
-        return self.logs / "driver.log"  # what the local executor's loop printed
-
     # --- state ---
-    @property
-    def state(self) -> Path:
-        return self.dir / "state"
-
     @property
     def registry(self) -> Path:
         return self.state / "jobs.json"
-
-    @property
-    def submit_lock(self) -> Path:
-        return self.state / "submit.lock"
-
-    @property
-    def driver(self) -> Path:
-        return self.state / "driver.json"  # the local executor's loop: its pid and process group
 
     @property
     def cancel_flag(self) -> Path:
@@ -246,15 +263,8 @@ class RunLayout:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return {"error": f"unreadable failure marker {path}", "log": log}
 
-    def read_json(self, path: Path) -> dict | None:
-        try:
-            found = json.loads(path.read_text())
-        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
-            return None  # not written (yet), its folder is not one, or damaged
-        return found if isinstance(found, dict) else None
 
-
-class StudyLayout:
+class StudyLayout(Folder):
     """A study's own folder, beside its runs (<results_root>/<study>-<variant>/, each a RunLayout):
 
     <results_root>/<study>/
@@ -266,34 +276,9 @@ class StudyLayout:
         state/driver.json, submit.lock  the local executor's loop over the runs; the study's lock
     """
 
-    def __init__(self, root: str | Path, name: str):
-        self.root = Path(root).resolve()
-        self.name = validate_run_id(name)
-        self.dir = self.root / name
-
     @property
     def record(self) -> Path:
         return self.dir / "study.yaml"
 
     def data(self, digest: str) -> Path:
         return self.dir / "data" / digest
-
-    @property
-    def results(self) -> Path:
-        return self.dir / "results"
-
-    @property
-    def submitit_logs(self) -> Path:
-        return self.dir / "logs" / "submitit"
-
-    @property
-    def driver_log(self) -> Path:
-        return self.dir / "logs" / "driver.log"
-
-    @property
-    def driver(self) -> Path:
-        return self.dir / "state" / "driver.json"
-
-    @property
-    def submit_lock(self) -> Path:
-        return self.dir / "state" / "submit.lock"

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 from diffusion import atomic
 
@@ -108,8 +109,10 @@ def run_is_done(layout: RunLayout) -> bool:
     return all(layout.is_done(**task.key) for task in tasks(load_frozen(layout.spec)))
 
 
-def start_local_loop(layout: RunLayout) -> bool:
-    """Start the run's background loop; False if one already carries it."""
+def start_local_loop(layout, driven: Sequence[RunLayout] = ()) -> bool:
+    """Start the background loop of a run (or a study's folder: `python -m pipeline.advance` takes
+    either); False if one already carries it. The loop's pid is written in the folder, and in
+    each of `driven` (a study's runs: so that a run's own status sees it driven)."""
     from .jobs import run_lock
     from .status import local_loop_alive
 
@@ -122,8 +125,14 @@ def start_local_loop(layout: RunLayout) -> bool:
             proc = subprocess.Popen([sys.executable, "-m", "pipeline.advance", str(layout.dir), "--loop", "2"],
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=layout.dir, env=importable_environment())
-        atomic.write_json(layout.driver, {"pid": proc.pid, "pgid": proc.pid, "started": time.time()})
+        mark_driver([layout, *driven], proc.pid, proc.pid)
     return True
+
+
+def mark_driver(folders, pid: int, pgid: int) -> None:
+    """Record the local executor's loop (this process, or one just started) in each folder it drives."""
+    for folder in folders:
+        atomic.write_json(folder.driver, {"pid": pid, "pgid": pgid, "started": time.time()})
 
 
 def importable_environment() -> dict:
@@ -138,7 +147,7 @@ def run_in_foreground(layout: RunLayout, executor: str) -> int:
 
     drives_itself = backend(executor).drives_itself
     if drives_itself:  # this process is the run's loop while it follows it
-        atomic.write_json(layout.driver, {"pid": os.getpid(), "pgid": os.getpgid(0), "started": time.time()})
+        mark_driver([layout], os.getpid(), os.getpgid(0))
     from .follow import ProgressBars, ProgressLines
 
     # bars on a terminal; piped or redirected (a log file, `make demo > log`), a plain line

@@ -55,7 +55,8 @@ def sampling_progress(layout: RunLayout, spec, rows: list[dict]) -> dict:
             "eta_s": (per_task * len(rows) - decoded) / rate / at_once}
 
 
-def local_loop_alive(layout: RunLayout) -> bool:
+def local_loop_alive(layout) -> bool:
+    """Whether the local executor's loop recorded in a run's (or a study's) folder still runs."""
     loop = layout.read_json(layout.driver)
     return bool(loop) and process_alive(loop["pid"])
 

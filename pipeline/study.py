@@ -8,20 +8,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import yaml
 
-from diffusion import atomic, locks
+from diffusion import atomic
 from diffusion.config import to_dict
 
 from .backends import backend
 from .console import console, err_console
 from .errors import UserError, write_problem
+from .jobs import run_lock
 from .layout import RunLayout, StudyLayout
 from .states import RunState
 from .study_spec import Study
@@ -50,7 +49,7 @@ def submit(study: Study, root: Path, executor: str | None, wait: bool, only: lis
     record = {"study": study.name, "file": study.file, "executor": executor,
               "runs": {variant: spec.name for variant, spec in study.runs.items()},
               "concurrent_train": study.concurrent_train}
-    with locks.exclusive(layout.submit_lock, what="pipeline submit", wait=True):
+    with run_lock(layout):
         found = read_record(layout)
         if found and found.get("runs") != record["runs"]:
             raise UserError(f"study {study.name!r} already exists at {layout.dir} with the variants "
@@ -81,25 +80,28 @@ def read_record(layout: StudyLayout) -> dict | None:
     return found if isinstance(found, dict) else None
 
 
-def run_layouts(layout: StudyLayout) -> list[RunLayout]:
+def record_of(layout: StudyLayout) -> dict:
+    """The study's record, which a study needs: an error saying how to mend it where it is not."""
     record = read_record(layout)
     if record is None:
         raise UserError(f"{layout.record}: missing or damaged; submit the study file again to rewrite it")
-    runs = [RunLayout(layout.root, run_id) for run_id in record["runs"].values()]
+    return record
+
+
+def run_layouts(layout: StudyLayout, record: dict | None = None) -> list[RunLayout]:
+    runs = [RunLayout(layout.root, run_id) for run_id in (record or record_of(layout))["runs"].values()]
     return [run for run in runs if run.spec.is_file()]  # variants not submitted (yet: `submit --only`) left out
-
-
-def executor_of(layout: StudyLayout) -> str:
-    return read_record(layout)["executor"]
 
 
 def start(layout: StudyLayout, wait: bool) -> int:
     """Submit what is ready (on Slurm, the whole chain), or start the local loop of every run."""
-    executor = executor_of(layout)
+    from .runs import start_local_loop
+
+    executor = record_of(layout)["executor"]
     if wait:
         return follow(layout)
     if backend(executor).drives_itself:
-        started = start_loop(layout)
+        started = start_local_loop(layout, driven=run_layouts(layout))
         console.print(f"{'started' if started else 'already running:'} [bold]{layout.name}[/] (local, "
                       f"{len(run_layouts(layout))} runs) → {layout.dir}\nfollow it with: pipeline status {layout.name}")
         return 0
@@ -112,15 +114,15 @@ def start(layout: StudyLayout, wait: bool) -> int:
 
 
 # --- advance and status ---
-def advance(layout: StudyLayout, submit: bool = True) -> dict[str, dict]:
+def advance(layout: StudyLayout, submit: bool = True, record: dict | None = None) -> dict[str, dict]:
     """One pass over the study's runs: one scheduler query, and what became ready submitted
     together (a stage's tasks of several runs as one array)."""
     from .advance import advance_runs
 
-    record = read_record(layout)
+    record = record or record_of(layout)
     executor = record["executor"]
     at_once = record.get("concurrent_train", 1) if backend(executor).drives_itself else None
-    return advance_runs(run_layouts(layout), executor, submit, train_at_once=at_once,
+    return advance_runs(run_layouts(layout, record), executor, submit, train_at_once=at_once,
                         shared=layout.submitit_logs, name=layout.name)
 
 
@@ -129,23 +131,25 @@ def status(layout: StudyLayout, submit: bool | None = None) -> dict:
     what became ready, except on the local executor, whose loop does)."""
     from .status import run_status
 
+    record = record_of(layout)  # read once a pass: a login node's shared filesystem
+    executor = record["executor"]
     if submit is None:
-        submit = not backend(executor_of(layout)).drives_itself
+        submit = not backend(executor).drives_itself
     try:
-        reports = advance(layout, submit=submit)
+        reports = advance(layout, submit, record)
         problem = None
     except OSError as err:  # a study folder that cannot be written: reported all the same
         if not submit or write_problem(err) is None:
             raise
-        reports, problem = advance(layout, submit=False), write_problem(err)
-    statuses = [run_status(run, reports[run.run_id]) for run in run_layouts(layout)]
+        reports, problem = advance(layout, False, record), write_problem(err)
+    statuses = [run_status(run, reports[run.run_id]) for run in run_layouts(layout, record)]
     states = [st["state"] for st in statuses]
     for state in (RunState.RUNNING, RunState.QUEUED, RunState.STOPPED, RunState.FAILED, RunState.CANCELLED):
         if state in states:
             break
     else:
         state = RunState.DONE
-    return {"study": layout.name, "state": state, "dir": str(layout.dir), "executor": executor_of(layout),
+    return {"study": layout.name, "state": state, "dir": str(layout.dir), "executor": executor,
             "runs": statuses, "not_submitted": problem,
             "scheduler_queries": int(any(report["states"] for report in reports.values()))}
 
@@ -164,62 +168,26 @@ def watch(layout: StudyLayout, interval: float = 30.0, on_pass=None, submit: boo
         if on_pass:
             on_pass(st)
         if ended(st):
-            write_results(layout, quiet=True)
+            write_results(layout)
             return st
         time.sleep(interval)
-
-
-def mark_driver(layout: StudyLayout, pid: int, pgid: int) -> None:
-    """The loop that drives the study, in the study's folder and each run's (so that a run's own
-    status sees its runs driven)."""
-    driver = {"pid": pid, "pgid": pgid, "started": time.time(), "study": layout.name}
-    atomic.write_json(layout.driver, driver)
-    for run in run_layouts(layout):
-        atomic.write_json(run.driver, driver)
-
-
-def loop_alive(layout: StudyLayout) -> bool:
-    from .backends.local import process_alive
-
-    try:
-        loop = json.loads(layout.driver.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(loop, dict) and process_alive(loop["pid"])
-
-
-def start_loop(layout: StudyLayout) -> bool:
-    """The study's background loop (`python -m pipeline.advance STUDY_DIR --loop 2`); False when
-    one already drives it."""
-    from .runs import importable_environment
-
-    with locks.exclusive(layout.submit_lock, what="pipeline submit", wait=True):
-        if loop_alive(layout):
-            return False
-        layout.driver_log.parent.mkdir(parents=True, exist_ok=True)
-        with open(layout.driver_log, "a") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "pipeline.advance", str(layout.dir), "--loop", "2"],
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=layout.dir, env=importable_environment())
-        mark_driver(layout, proc.pid, proc.pid)
-    return True
 
 
 def follow(layout: StudyLayout) -> int:
     """`submit --wait`: this process drives the study (on the local executor) and prints a line
     whenever a run moves on; Ctrl-C hands the study to a background loop."""
-    from .runs import print_failures
+    from .runs import mark_driver, print_failures, start_local_loop
 
-    drives_itself = backend(executor_of(layout)).drives_itself
-    if drives_itself:
-        mark_driver(layout, os.getpid(), os.getpgid(0))
+    drives_itself = backend(record_of(layout)["executor"]).drives_itself
+    if drives_itself:  # this process is the study's loop while it follows it
+        mark_driver([layout, *run_layouts(layout)], os.getpid(), os.getpgid(0))
     lines = StudyLines()
     try:
         st = watch(layout, interval=2 if drives_itself else 5, on_pass=lines)
     except KeyboardInterrupt:
         if drives_itself:
             layout.driver.unlink(missing_ok=True)
-            start_loop(layout)
+            start_local_loop(layout, driven=run_layouts(layout))
         err_console.print(f"stopped following {layout.name}; it goes on. Follow it with `pipeline status "
                           f"{layout.name}`, stop it with `pipeline cancel {layout.name}`", highlight=False)
         return 130
@@ -282,17 +250,20 @@ def cancel(layout: StudyLayout) -> int:
 
 
 def metric_runs(layout: StudyLayout) -> list[RunLayout]:
-    """The study's runs that have metrics so far (a study read while it runs shows what is done)."""
-    return [run for run in run_layouts(layout) if run.metrics_files()]
+    """The study's runs that have metrics so far (a study read while it runs shows what is done);
+    an error where none has any yet."""
+    found = [run for run in run_layouts(layout) if run.metrics_files()]
+    if not found:
+        raise UserError(f"study {layout.name}: no metrics yet (no run has finished evaluating a checkpoint)")
+    return found
 
 
-def write_results(layout: StudyLayout, quiet: bool = False) -> dict | None:
+def write_results(layout: StudyLayout) -> None:
+    """The study's own table, of every run with metrics (none where no run scored a checkpoint)."""
     from .results import aggregate
 
-    found = metric_runs(layout)
-    if not found:
-        if quiet:
-            return None
-        raise UserError(f"study {layout.name}: no metrics yet (no run has finished evaluating a checkpoint)")
-    return aggregate([run.dir for run in found], layout.results)
-
+    try:
+        found = metric_runs(layout)
+    except UserError:
+        return
+    aggregate([run.dir for run in found], layout.results)
