@@ -211,28 +211,28 @@ def cmd_retry(args) -> int:
 
 # --- results ---
 def cmd_results(args) -> int:
-    from .results import aggregate, checkpoint_markdown, checkpoint_rows, load_run_metrics, render_console, table_rows
+    from .results import (checkpoint_markdown, checkpoint_rows, every_run_scored, load_runs, render_console, table_rows,
+                          write_results)
 
     studies = [find_study(args, name) for name in args.runs]
     if len(args.runs) == 1 and studies[0] is not None:  # a study: its runs with metrics so far, its results folder
         from .study import metric_runs
 
         layouts = metric_runs(studies[0])
-        if not layouts:
-            raise UserError(f"study {args.runs[0]}: no metrics yet (no run has finished evaluating a checkpoint)")
         out = Path(args.out) if args.out else studies[0].results
     else:
         layouts = [find_run(args, run) for run in args.runs]
         out = Path(args.out) if args.out else (layouts[0].results if len(layouts) == 1
                                                else layouts[0].root / ("results-" + "+".join(args.runs)))
-    metric_files = [m for layout in layouts for m in load_run_metrics(layout.dir)]
+    loaded = load_runs([layout.dir for layout in layouts])
+    metric_files = [m for found in loaded.values() for m in found]
     print(render_console(table_rows(metric_files), width=console.width if console.is_terminal else None))
     checkpoints = checkpoint_rows(metric_files)
     if checkpoints:
         print("Checkpoints: the training loss and its terms last logged, the decoder's token accuracy at a few "
               "noise levels, embedding norms\n" + checkpoint_markdown(checkpoints))
     try:
-        paths = aggregate([layout.dir for layout in layouts], out)
+        paths = write_results(every_run_scored(loaded), out)
     except OSError as err:  # the table is printed all the same
         if write_problem(err) is None:
             raise

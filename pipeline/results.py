@@ -52,7 +52,12 @@ def load_run_metrics(run_dir: Path) -> list[dict]:
         if missing or not isinstance(m["rows"], dict) or not m["rows"]:
             raise ResultsError(f"{path}: not a metrics file (missing {', '.join(missing) or 'rows'}); {again}")
         result.append(m)
-    return sorted(result, key=lambda m: (m["step"], bool(m.get("decoding")), m.get("decoding", "")))
+    return sorted(result, key=point_order)
+
+
+def point_order(m: dict) -> tuple:
+    """A metrics file's place among a run's: by step, the spec's own decoding before the named ones."""
+    return m["step"], bool(m.get("decoding")), m.get("decoding", "")
 
 
 # --- rows ---
@@ -77,8 +82,7 @@ def table_rows(metric_files: list[dict]) -> list[dict]:
     run_order = {}
     for m in metric_files:
         run_order.setdefault(m["run"], len(run_order))
-    ordered = sorted(metric_files, key=lambda m: (run_order[m["run"]], m["step"], bool(m.get("decoding")),
-                                                  m.get("decoding", "")))
+    ordered = sorted(metric_files, key=lambda m: (run_order[m["run"]], *point_order(m)))
 
     rows = []
     for m in ordered:
@@ -302,13 +306,25 @@ def render_console(rows: list[dict], width: int | None = 140) -> str:
 # --- all together ---
 def aggregate(run_dirs: list[Path], out_dir: Path) -> dict[str, Path]:
     """Tables and metrics.png in out_dir for these runs; {"md","csv","tex","json","png"} paths."""
-    metric_files = []
-    for run_dir in run_dirs:
-        found = load_run_metrics(run_dir)
+    return write_results(every_run_scored(load_runs(run_dirs)), out_dir)
+
+
+def load_runs(run_dirs: list[Path]) -> dict[Path, list[dict]]:
+    """Each run's metric files, by run folder (a run without any yet: an empty list)."""
+    return {Path(run_dir): load_run_metrics(run_dir) for run_dir in run_dirs}
+
+
+def every_run_scored(loaded: dict[Path, list[dict]]) -> list[dict]:
+    """The metric files of all the runs, an error naming a run that has none yet."""
+    for run_dir, found in loaded.items():
         if not found:
             raise ResultsError(f"{run_dir}: no metrics yet (no metrics/step_*.json: its evaluate stage "
-                             "has not finished a checkpoint)")
-        metric_files += found
+                               "has not finished a checkpoint)")
+    return [m for found in loaded.values() for m in found]
+
+
+def write_results(metric_files: list[dict], out_dir: Path) -> dict[str, Path]:
+    """Table 1 (md, csv, tex, json), checkpoints.md and metrics.png of these metric files in out_dir."""
     paths = write_tables(table_rows(metric_files), out_dir)
     checkpoints = checkpoint_rows(metric_files)
     if checkpoints:
