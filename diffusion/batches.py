@@ -8,6 +8,10 @@ With `widths` (trimmed sequences, data.trim), the epoch's permutation is cut int
 POOL micro-batches, each pool sorted by width and split into micro-batches, and the micro-batches
 are shuffled: every sequence still comes once an epoch, and a micro-batch is cut to the width of
 its widest sequence (`data.batch_width`) instead of carrying seq_len positions.
+
+The token tensors and each epoch's order live on the training device: a micro-batch is one
+gather there, with no copy from the host a step (a CUDA graph of the step gathers it itself,
+from the indices `next_index` gives). Only the widths stay on the host, which cuts the batch.
 """
 
 from __future__ import annotations
@@ -27,13 +31,16 @@ class BatchStream:
                 f"{len(input_ids)} training sequences are fewer than one micro-batch ({micro_batch}) per rank ({world_size})"
             )
         self.device = torch.device(device)
-        pin = self.device.type == "cuda"
-        self.input_ids = input_ids.pin_memory() if pin else input_ids
-        self.input_mask = input_mask.pin_memory() if pin else input_mask
-        self.widths = widths
+        self.input_ids, self.input_mask = input_ids.to(self.device), input_mask.to(self.device)
+        self.widths = widths.cpu() if widths is not None else None
+        self.seq_len = input_ids.shape[1]
         self.micro_batch, self.rank, self.world_size, self.seed = micro_batch, rank, world_size, seed
         self.epoch, self.position = 0, 0
-        self._order = self._epoch_order(0)
+        self._set_order(0)
+
+    def _set_order(self, epoch: int) -> None:
+        self._order = self._epoch_order(epoch)  # on the host, for the widths
+        self._order_on_device = self._order.to(self.device)
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed + epoch)
@@ -50,20 +57,23 @@ class BatchStream:
         shuffled = torch.randperm(len(batches), generator=generator)
         return torch.cat([batches[i] for i in shuffled.tolist()])
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids, input_mask) of the next micro-batch, each (micro_batch, width), on the device."""
+    def next_index(self) -> tuple[torch.Tensor, int]:
+        """(the next micro-batch's sequence indices (micro_batch,) on the device, its width)."""
         if self.position + self.micro_batch > len(self._order):
             self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._epoch_order(self.epoch)
-        index = self._order[self.position : self.position + self.micro_batch]
+            self._set_order(self.epoch)
+        span = slice(self.position, self.position + self.micro_batch)
         self.position += self.micro_batch
-        ids, mask = self.input_ids[index], self.input_mask[index]
-        if self.widths is not None:
-            width = batch_width(self.widths[index], ids.shape[1])
-            ids, mask = ids[:, :width].contiguous(), mask[:, :width].contiguous()
-        if self.device.type == "cuda":
-            ids, mask = ids.pin_memory(), mask.pin_memory()
-        return ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+        width = self.seq_len if self.widths is None else batch_width(self.widths[self._order[span]], self.seq_len)
+        return self._order_on_device[span], width
+
+    def gather(self, index: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, input_mask), each (len(index), width), of the sequences `index` names."""
+        return self.input_ids[index, :width], self.input_mask[index, :width]
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, input_mask) of the next micro-batch, each (micro_batch, width), on the device."""
+        return self.gather(*self.next_index())
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "rank": self.rank, "world_size": self.world_size}
@@ -75,4 +85,4 @@ class BatchStream:
                 f"not rank {self.rank} of {self.world_size}"
             )
         self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._epoch_order(self.epoch)
+        self._set_order(self.epoch)

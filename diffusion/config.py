@@ -173,6 +173,9 @@ class TrainConfig:
     # speed options, GPU only (the CPU path stays eager fp32 AdamW, as the tests check it bit for bit):
     fused_optimizer: bool = True  # torch AdamW(fused=True): one kernel for all parameters
     compile: bool = True  # torch.compile the loss (denoiser + decoder NLL); not under ZeRO-3, whose hooks it breaks
+    # the whole step (gather, loss, backward, clipping, AdamW, log sums) replayed from CUDA graphs, one a
+    # batch width (graphs.py): one rank at ZeRO-0, one micro-batch a step; on a CPU it runs eagerly
+    cuda_graphs: bool = False
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "micro_batch_size", "log_every"):
@@ -190,6 +193,11 @@ class TrainConfig:
         at_least(self, "warmup_steps", 0)
         require(self.time_limit_s is None or self.time_limit_s > 0, "time_limit_s",
                 f"must be positive, got {self.time_limit_s}")
+        require(not self.cuda_graphs or self.zero_stage == 0, "cuda_graphs",
+                f"needs train.zero_stage 0 (one rank, nothing partitioned), got {self.zero_stage}")
+        require(not self.cuda_graphs or self.batch_size == self.micro_batch_size, "cuda_graphs",
+                f"needs one micro-batch a step (train.batch_size {self.batch_size} = train.micro_batch_size "
+                f"{self.micro_batch_size})")
 
 
 @dataclass(frozen=True)

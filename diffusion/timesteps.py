@@ -3,7 +3,8 @@
 The loss-aware sampler keeps the last `history` losses of every timestep on the device and
 samples t with probability proportional to sqrt(E[loss^2]), mixed with a little uniform mass.
 Unlike DiffuSeq's, it never copies a value to the host: the history is a ring buffer updated with
-scatters, and "warmed up" is a tensor, so a training step has no host sync.
+scatters, in place, and "warmed up" is a tensor, so a training step has no host sync and can be
+captured in a CUDA graph (train.cuda_graphs).
 """
 
 from __future__ import annotations
@@ -84,15 +85,15 @@ class LossAwareSampler(UniformSampler):
         scratch = torch.cat([self.losses.view(-1), torch.zeros(1, dtype=self.losses.dtype, device=self.losses.device)])
         target = torch.where(keep, flat, torch.full_like(flat, scratch.numel() - 1))
         scratch.scatter_(0, target, losses[order])
-        self.losses = scratch[:-1].view(self.num_steps, self.history).clone()
+        self.losses.copy_(scratch[:-1].view(self.num_steps, self.history))  # in place: a CUDA graph holds its address
         self.counts += n_per_t
 
     def state_dict(self) -> dict:
         return {"losses": self.losses.cpu(), "counts": self.counts.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.losses = state["losses"].to(self.device)
-        self.counts = state["counts"].to(self.device)
+        self.losses.copy_(state["losses"])
+        self.counts.copy_(state["counts"])
 
 
 TIMESTEP_SAMPLERS = {"uniform": UniformSampler, "lossaware": LossAwareSampler}

@@ -32,6 +32,7 @@ from .manifest import DEEPSPEED_TAG, EXPORTED_MODEL, TOKENIZER, TRAIN_LOCK, TRAI
 from .config import Config, ConfigError, load_config, to_dict
 from .data import load_encoded, load_tokenizer, sequence_widths, within_width
 from .ema import EMA
+from .graphs import GraphedStep
 from .train_log import LossWindow, log_record, write_log
 from .model import Denoiser, count_parameters
 from .objective import DiffusionObjective
@@ -182,6 +183,21 @@ def train_step(run: Training, next_batch, accumulation: int) -> list[tuple[dict,
     return done
 
 
+def stepper(run: Training, batches: BatchStream, window: LossWindow, cfg: Config, env):
+    """A function taking one optimizer step and adding its losses to `window`: train_step, or with
+    train.cuda_graphs the same step replayed from CUDA graphs (graphs.py; eager on a CPU)."""
+    if cfg.train.cuda_graphs:
+        if env.world_size != 1:
+            raise ConfigError("train.cuda_graphs", f"needs one rank; this run has {env.world_size}")
+        return GraphedStep(run, batches, window, capture=env.device.type == "cuda")
+    accumulation = cfg.train.batch_size // cfg.train.micro_batch_size
+
+    def step() -> None:
+        for terms, ids in train_step(run, batches.next, accumulation):
+            window.add(terms, ids)
+    return step
+
+
 def save_checkpoint(run: Training, batches: BatchStream, cfg: Config, data_dir: Path, ckpt_root: Path, step: int,
                     env) -> None:
     """Collective: the engine's state, each rank's RNG, data position and sampler, and the EMA
@@ -240,26 +256,26 @@ def _train(cfg: Config, outdir: Path, data_dir: str | Path | None, stop_after: i
     # --- resume from the last complete checkpoint, if any ---
     ckpt_root = outdir / "checkpoints"
     step = resume(run.engine, run.ema, run.sampler, batches, ckpt_root, env)
-    accumulation = tc.batch_size // tc.micro_batch_size
     last_step = min(tc.steps, stop_after) if stop_after is not None else tc.steps
     # the checkpoints the pipeline expects; a run stopped early also saves where it stops
     scheduled = set(checkpoint_steps(tc.steps, tc.save_every))
     if env.is_main:
         print(f"[train] {run.n_parameters / 1e6:.1f} M parameters, {env.world_size} rank(s) on "
               f"{env.device.type}, ZeRO-{tc.zero_stage}, {'bf16' if uses_bf16(cfg, env.device) else 'fp32'}"
-              f"{', compiled' if uses_compile(cfg, env.device) else ''}, micro-batch {tc.micro_batch_size}, "
+              f"{', compiled' if uses_compile(cfg, env.device) else ''}"
+              f"{', CUDA graphs' if tc.cuda_graphs and env.device.type == 'cuda' else ''}, micro-batch {tc.micro_batch_size}, "
               f"step {step} -> {last_step}", flush=True)
 
     # --- the loop: step, log, checkpoint ---
     window = LossWindow(env.device)
+    take_step = stepper(run, batches, window, cfg, env)
     stop = StopRequest(enabled=env.world_size == 1)
     window_start, window_steps, slowest_step, first_step = time.monotonic(), 0, 0.0, step
     stopped_for_time = False
     run.engine.train()
     while step < last_step:
         step_start = time.monotonic()
-        for terms, ids in train_step(run, batches.next, accumulation):
-            window.add(terms, ids)
+        take_step()
         step += 1
         run.ema.update(step)
         window_steps += 1

@@ -22,24 +22,39 @@ if TYPE_CHECKING:
 
 class LossWindow:
     """Sums of the loss terms and of the real (non-PAD) tokens on the device between two log
-    lines, so that a step needs no host sync; `positions` is counted on the host."""
+    lines, so that a step needs no host sync; `positions` is counted on the host. The sums are
+    updated and reset in place, so that a CUDA graph that adds to them (train.cuda_graphs) keeps
+    adding to the same memory."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.names: list[str] | None = None
+        self.sums: torch.Tensor | None = None
+        self.real_tokens = torch.zeros((), device=self.device, dtype=torch.long)
         self.reset()
 
     def reset(self) -> None:
-        self.sums = None
-        self.real_tokens = torch.zeros((), device=self.device, dtype=torch.long)
+        if self.sums is not None:
+            self.sums.zero_()
+        self.real_tokens.zero_()
         self.positions, self.micro_batches = 0, 0
 
     def add(self, terms: dict[str, torch.Tensor], input_ids: torch.Tensor) -> None:
+        self.accumulate(terms, input_ids)
+        self.count(input_ids.numel())
+
+    def accumulate(self, terms: dict[str, torch.Tensor], input_ids: torch.Tensor) -> None:
+        """The device's part of `add`: the terms' means and the real tokens, added to the sums."""
         self.names = self.names or list(terms)
         values = torch.stack([terms[name].detach().float().mean() for name in self.names])
-        self.sums = values if self.sums is None else self.sums + values
+        if self.sums is None:
+            self.sums = torch.zeros_like(values)
+        self.sums += values
         self.real_tokens += (input_ids != PAD).sum()
-        self.positions += input_ids.numel()
+
+    def count(self, positions: int) -> None:
+        """The host's part of `add`: one more micro-batch of `positions` positions."""
+        self.positions += positions
         self.micro_batches += 1
 
     def means(self) -> tuple[dict[str, float], int]:
@@ -52,7 +67,7 @@ def log_record(window: LossWindow, step: int, run: Training, cfg: Config, env, e
     """The log line of the steps since the last one: the loss and its terms, speeds, ETA."""
     terms, real_tokens = window.means()
     record = {
-        "step": step, "loss": terms["loss"], "lr": run.lr_schedule.get_last_lr()[0],
+        "step": step, "loss": terms["loss"], "lr": float(run.lr_schedule.get_last_lr()[0]),  # a tensor under train.cuda_graphs
         "terms": {k: v for k, v in terms.items() if k != "loss"},
         # positions (PAD included) and real tokens of every rank, per second
         "tokens_per_s": window.positions * env.world_size / max(elapsed, 1e-9),

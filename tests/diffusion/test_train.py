@@ -239,3 +239,28 @@ def test_seeds_decoded_together_get_the_tokens_each_gets_alone(tmp_path, small_c
     assert max(rows_seen) <= sample_cfg.batch_size
     assert together == alone
     assert together[0] != together[1]  # the seeds do differ
+
+
+@pytest.mark.parametrize("sampler", ["lossaware", "uniform"])
+def test_the_graphed_step_computes_what_the_plain_step_computes(tmp_path, small_corpus, sampler):
+    """train.cuda_graphs on a CPU runs the graphed step eagerly: its own optimizer call with the
+    learning rate as a tensor, the batch gathered from the indices, the sums kept in place. The
+    losses and the parameters must be the plain step's, and a resumed run's too."""
+    runs = {}
+    for graphs in (False, True):
+        cfg = budget_config(small_corpus["train"], steps=8, save_every=4, zero_stage=0, batch_size=16,
+                            micro_batch_size=16, cuda_graphs=graphs)
+        cfg["diffusion"]["timestep_sampler"] = sampler
+        path = write_config(tmp_path / f"c{graphs}.yaml", cfg)
+        (summary,) = run_module("diffusion.train", path, tmp_path / f"run{graphs}")
+        runs[graphs] = (read_log(tmp_path / f"run{graphs}"), summary["parameters_sha256"])
+        if graphs:
+            run_module("diffusion.train", path, tmp_path / "resumed", "--stop-after", 4)
+            (resumed,) = run_module("diffusion.train", path, tmp_path / "resumed")
+    (plain_log, plain_digest), (graphed_log, graphed_digest) = runs[False], runs[True]
+    assert [r["loss"] for r in graphed_log] == [r["loss"] for r in plain_log]
+    assert [r["terms"] for r in graphed_log] == [r["terms"] for r in plain_log]
+    assert [r["lr"] for r in graphed_log] == [r["lr"] for r in plain_log]
+    assert graphed_digest == plain_digest
+    assert [r["loss"] for r in read_log(tmp_path / "resumed")] == [r["loss"] for r in plain_log]
+    assert resumed["parameters_sha256"] == plain_digest
