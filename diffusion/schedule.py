@@ -82,24 +82,27 @@ class Schedule:
         return Schedule(1 - kept_alpha_bars / previous, self.timestep_map[kept], self.original_steps)
 
     def cache_on(self, device: torch.device) -> None:
-        """Put every coefficient table on `device` now: a compiled caller then finds them there
-        (filling the cache inside a compiled graph changes its guards and recompiles it once)."""
-        for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"):
-            key = (name, device)
-            if key not in self._device_cache:
-                self._device_cache[key] = getattr(self, name).to(device=device, dtype=torch.float32)
+        """Put every table a training step reads on `device` now: a compiled caller then finds them
+        there (filling the cache inside a compiled graph changes its guards and recompiles it once;
+        a table copied from the host inside it cannot be captured in a CUDA graph)."""
+        for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "timestep_map"):
+            self._table(name, device)
+
+    def _table(self, name: str, device: torch.device) -> torch.Tensor:
+        """The table `name` on `device`, cached; coefficients as float32, the timestep map as it is."""
+        key = (name, device)
+        if key not in self._device_cache:
+            table = getattr(self, name)
+            self._device_cache[key] = table.to(device=device, dtype=torch.float32 if table.is_floating_point() else None)
+        return self._device_cache[key]
 
     def gather(self, name: str, t: torch.Tensor, ndim: int) -> torch.Tensor:
         """The coefficient `name` at steps t (B,), float32, shaped (B, 1, ..., 1) to broadcast over ndim dims."""
-        key = (name, t.device)
-        table = self._device_cache.get(key)
-        if table is None:
-            table = self._device_cache[key] = getattr(self, name).to(device=t.device, dtype=torch.float32)
-        return table[t].view(-1, *([1] * (ndim - 1)))
+        return self._table(name, t.device)[t].view(-1, *([1] * (ndim - 1)))
 
     def model_timesteps(self, t: torch.Tensor, rescale: bool = True) -> torch.Tensor:
         """What the denoiser is told: the original timestep, scaled to [0, 1000) as DiffuSeq does."""
-        original = self.timestep_map.to(t.device)[t]
+        original = self._table("timestep_map", t.device)[t]
         return original.float() * (1000.0 / self.original_steps) if rescale else original
 
     def q_sample(self, z_0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
