@@ -6,8 +6,8 @@
     python -m diffusion.bench sample [--tiny] [--sample-batch 2048 --sample-steps 20 --sample-weights bf16]
                                      [--no-gelu-epilogue --no-compile --inductor JSON --profile ...]
     python -m diffusion.bench [--skip-train] [--skip-sample] [train and sample options]   # both, one line
-    python -m diffusion.bench profile SPEC [--set KEY=VALUE ...] [--steps 100] [--rounds 4] [--warmup 60]
-                                           [--profile-steps 10] [--workdir /tmp/step_profile]
+    python -m diffusion.bench profile SPEC [--set KEY=VALUE ...] [--steps 100] [--rounds 4] [--warmup 100]
+                                           [--variants shipped,graphed] [--profile-steps 10] [--workdir DIR]
     python -m diffusion.bench attention                                           # GPU only
 
 - train (train.py): tokens/s of full DeepSpeed steps on random full-length token ids (as DiffuSeq's
@@ -19,8 +19,9 @@
 - no subcommand: both in one line {..., "train": {...}, "sample": {...}}, as before the subcommands
   (the options of both; --skip-train and --skip-sample leave one out).
 - profile (profile.py): where a training step of a job spec's recipe (jobs/*.yaml) spends its
-  time, the trainer's bookkeeping variants taking turns, then a torch.profiler trace (GPU only);
-  a JSON line a timed segment and a markdown table.
+  time, the plain step and the step replayed from CUDA graphs (or the trainer's bookkeeping
+  variants) taking turns, then a torch.profiler trace of each (GPU only); a JSON line a timed
+  segment, with its loss, and a markdown table.
 - attention (attention.py): masked attention per SDPA backend, and the denoiser with the width
   mask, against fp32; one JSON line a length. Without a CUDA GPU it says so and exits 2.
 `--tiny` (train, sample) measures a tiny model, so that CI can check the commands run on a CPU.
