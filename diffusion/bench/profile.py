@@ -32,6 +32,7 @@ import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -68,7 +69,7 @@ class Trainer:
 
     run: Training
     window: LossWindow
-    step: object
+    step: Callable[[], None]
 
 
 def trainer(cfg: Config, data_dir: Path, env, graphs: bool) -> Trainer:
