@@ -103,6 +103,15 @@ def ready_for_sampling(denoiser, sample_cfg: SampleConfig, device: torch.device)
     return denoiser
 
 
+def load_for_sampling(checkpoint: Path, overrides: dict | None, device: torch.device):
+    """(config, its sample section with `overrides` ({key: value}) checked under the config's
+    rules, the denoiser ready for sampling on `device`, the tokenizer) of a checkpoint."""
+    cfg, denoiser, tokenizer = load_exported(checkpoint, device)
+    sample_cfg = from_dict(SampleConfig, {**to_dict(cfg.sample), **(overrides or {})}, "sample")
+    checked(replace(cfg, sample=sample_cfg), nested=False)
+    return cfg, sample_cfg, ready_for_sampling(denoiser, sample_cfg, device), tokenizer
+
+
 def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None, cpu: bool = False,
         progress: Callable[[int, int], None] | None = None) -> dict:
     """Sample `split` with the checkpoint; `overrides` ({key: value}, as a config file writes them)
@@ -110,10 +119,7 @@ def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None,
 
     `progress(decoded, total)` is called after every batch, counting candidates over all seeds."""
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
-    cfg, denoiser, tokenizer = load_exported(checkpoint, device)
-    sample_cfg = from_dict(SampleConfig, {**to_dict(cfg.sample), **(overrides or {})}, "sample")
-    checked(replace(cfg, sample=sample_cfg), nested=False)
-    denoiser = ready_for_sampling(denoiser, sample_cfg, device)
+    cfg, sample_cfg, denoiser, tokenizer = load_for_sampling(checkpoint, overrides, device)
     pairs = load_pairs(split, sample_cfg.max_examples)
     out = Path(out)
     started = time.monotonic()

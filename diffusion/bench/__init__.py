@@ -8,6 +8,7 @@
     python -m diffusion.bench [--skip-train] [--skip-sample] [train and sample options]   # both, one line
     python -m diffusion.bench profile SPEC [--set KEY=VALUE ...] [--steps 100] [--rounds 4] [--warmup 100]
                                            [--variants shipped,graphed] [--profile-steps 10] [--workdir DIR]
+    python -m diffusion.bench decode CHECKPOINT SPLIT [--set sample.KEY=VALUE ...] [--rounds 3] [--profile]
     python -m diffusion.bench attention                                           # GPU only
 
 - train (train.py): tokens/s of full DeepSpeed steps on random full-length token ids (as DiffuSeq's
@@ -22,6 +23,10 @@
   time, the plain step and the step replayed from CUDA graphs (or the trainer's bookkeeping
   variants) taking turns, then a torch.profiler trace of each (GPU only); a JSON line a timed
   segment, with its loss, and a markdown table.
+- decode (decode.py): a trained checkpoint decoding a split as `diffusion.sample` does, round
+  after round in one process (the first pays a fresh process's warm-up): a JSON line a round
+  (seconds, sentences/s, outputs the same as the first round's), the outputs' scores, and with
+  --profile a trace of one more round (GPU only).
 - attention (attention.py): masked attention per SDPA backend, and the denoiser with the width
   mask, against fp32; one JSON line a length. Without a CUDA GPU it says so and exits 2.
 `--tiny` (train, sample) measures a tiny model, so that CI can check the commands run on a CPU.

@@ -11,10 +11,10 @@ import torch
 
 from .. import distributed
 from ..model import Denoiser, count_parameters
-from . import __doc__ as USAGE, attention, common, profile, sample, train
+from . import __doc__ as USAGE, attention, common, decode, profile, sample, train
 
 RECIPE_PARTS = {"train": ("train",), "sample": ("sample",)}  # measurements of the recipe's model, one line
-OWN_COMMANDS = {"profile": profile.main, "attention": attention.main}  # their own options and output
+OWN_COMMANDS = {"profile": profile.main, "decode": decode.main, "attention": attention.main}  # their own options and output
 
 
 def recipe_parser(command: str | None) -> argparse.ArgumentParser:

@@ -95,4 +95,32 @@ def test_attention_subcommand_says_it_needs_a_gpu():
 
 def test_unknown_subcommand_names_the_subcommands():
     proc = bench_cli("trian")
-    assert proc.returncode == 2 and "train, sample, profile, attention" in proc.stderr
+    assert proc.returncode == 2 and "train, sample, profile, decode, attention" in proc.stderr
+
+
+def test_decode_subcommand_times_rounds_of_what_diffusion_sample_writes(tmp_path):
+    """A tiny trained checkpoint decoding a split twice in one process, MBR over two seeds: each
+    round's outputs are the first's, and their scores are those of diffusion.sample's file."""
+    import json
+
+    from diffusion import metrics
+    from diffusion.corpus import write_corpus
+    from tests.helpers import tiny_config, write_config
+
+    corpus = write_corpus(tmp_path / "corpus", n_train=300, n_valid=12, n_test=2)
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(corpus["train"], steps=2, save_every=2, zero_stage=0))
+    run_module("diffusion.train", cfg, tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_0000002"
+    sets = ["--set", "sample.steps=4", "--set", "sample.seeds=[101,102]"]
+    header, *rounds, scores, traced = run_module("diffusion.bench", "decode", checkpoint, corpus["valid"], *sets,
+                                                 "--rounds", "2", "--profile")
+    assert header["pairs"] == 12 and header["seeds"] == [101, 102] and header["steps"] == 4
+    assert [r["round"] for r in rounds] == [0, 1] and all(r["same_as_first"] for r in rounds)
+    assert all(r["seconds"] > 0 and r["sentences_per_s"] > 0 for r in rounds)
+    assert "CUDA GPU" in traced["profile"]["skipped"]
+    run_module("diffusion.sample", checkpoint, corpus["valid"], tmp_path / "out.jsonl", *sets)
+    rows = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
+    written = metrics.score([r["hyp"] for r in rows], [r["ref"] for r in rows], [r["src"] for r in rows],
+                            bertscore_model=None)
+    assert (scores["bleu"], scores["rouge_l"], scores["copy_bleu"]) == (
+        written["bleu"], written["rouge_l"], written["self_bleu_src"])
