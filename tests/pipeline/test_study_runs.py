@@ -46,17 +46,20 @@ def test_every_study_file_runs_end_to_end_with_tiny_overrides(tmp_path, path):
     assert all(f"| {spec.name} | 2 |" in checkpoints for spec in study.runs.values())
 
 
-def array_task_names(array: str) -> dict[str, str]:
-    """{array task id: job name} as Slurm's accounting has them (its job ids restart with the
-    cluster, so a plain id may also name an older job; an array task's id is the array's)."""
-    for _ in range(30):  # slurmdbd learns of new jobs a moment after sbatch returns
+def array_task_names(array: str, tasks: int) -> dict[str, str]:
+    """{array task id: job name} as Slurm's accounting has them, once it lists `tasks` tasks (its
+    job ids restart with the cluster, so a plain id may also name an older job; an array task's id
+    is the array's). Until its tasks start, a pending array is one record, `<array>_[0-1%2]`."""
+    names = {}
+    for _ in range(60):  # slurmdbd learns of new jobs, and splits a pending array, a moment later
         out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,JobName", "-j", array],
                              capture_output=True, text=True, check=True).stdout
-        names = dict(line.split("|", 1) for line in out.splitlines() if line.startswith(f"{array}_"))
-        if names:
+        names = dict(line.split("|", 1) for line in out.splitlines()
+                     if line.startswith(f"{array}_") and line.split("|", 1)[0][len(array) + 1:].isdigit())
+        if len(names) >= tasks:
             return names
         time.sleep(1)
-    return {}
+    return names
 
 
 @integration
@@ -70,7 +73,7 @@ def test_the_demo_study_on_slurm_trains_as_one_array_and_status_asks_sacct_once(
         train = [Registry(RunLayout(tmp_path, name)).job_id("train") for name in ("demo-target", "demo-full")]
         array = train[0].split("_")[0]
         assert train == [f"{array}_0", f"{array}_1"]  # both variants' training: one array
-        assert array_task_names(array) == {train[0]: "demo-train", train[1]: "demo-train"}
+        assert array_task_names(array, 2) == {train[0]: "demo-train", train[1]: "demo-train"}
         calls = counting_sacct.read_text().count("\n") if counting_sacct.is_file() else 0
         st = json.loads(pipeline("status", "demo", "--json", root=tmp_path).stdout)
         assert counting_sacct.read_text().count("\n") == calls + 1  # one query for every job of both runs
