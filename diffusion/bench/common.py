@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import torch
 
@@ -39,6 +40,30 @@ def profiler(device: torch.device):
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     return profile(activities=activities)
+
+
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")  # the host's kernel launch calls
+
+
+def card_trace(work, device: torch.device, repeats: int, unit: str) -> dict:
+    """The card's side of `work()` (`repeats` units of `unit`, e.g. 10 steps), per unit: wall time
+    beside the card's busy time, kernel launches, and the kernels that take the time (GPU only)."""
+    if device.type != "cuda":
+        return {"skipped": "the kernel trace needs a CUDA GPU (this run is on the CPU)"}
+    sync(device)
+    start = time.monotonic()
+    with profiler(device) as prof:
+        work()
+        sync(device)
+    wall = time.monotonic() - start
+    events = prof.key_averages()
+    kernels = [e for e in events if str(e.device_type).endswith("CUDA")]  # kernels, copies, memsets
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:12]
+    return {f"wall_ms_per_{unit}": 1e3 * wall / repeats,
+            f"device_busy_ms_per_{unit}": sum(e.self_device_time_total for e in kernels) / 1e3 / repeats,
+            f"kernel_launches_per_{unit}": sum(e.count for e in events if e.key in LAUNCHES) / repeats,
+            "distinct_kernels": len(kernels),
+            "top": [(e.key[:70], round(e.self_device_time_total / 1e3 / repeats, 3), e.count // repeats) for e in top]}
 
 
 def random_batch(vocab_size: int, batch: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ import torch
 from .. import metrics
 from ..data import load_pairs
 from ..sample import generate_seeds, load_for_sampling, parse_sets, select_mbr
-from .common import device_name, profiler, sync
+from .common import card_trace, device_name, sync
 
 
 def decode_round(denoiser, cfg, sample_cfg, tokenizer, pairs: list[dict], device: torch.device) -> tuple[float, list[dict]]:
@@ -34,23 +34,6 @@ def decode_round(denoiser, cfg, sample_cfg, tokenizer, pairs: list[dict], device
     sync(device)
     seconds = time.perf_counter() - start
     return seconds, select_mbr(per_seed) if len(per_seed) > 1 else per_seed[0]
-
-
-def trace(run_round, device: torch.device) -> dict:
-    """The card's side of one round."""
-    if device.type != "cuda":
-        return {"skipped": "the kernel trace needs a CUDA GPU (this run is on the CPU)"}
-    start = time.perf_counter()
-    with profiler(device) as prof:
-        run_round()
-    wall = time.perf_counter() - start
-    events = prof.key_averages()
-    kernels = [e for e in events if str(e.device_type).endswith("CUDA")]
-    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:12]
-    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
-    return {"wall_s": wall, "device_busy_s": sum(e.self_device_time_total for e in kernels) / 1e6,
-            "kernel_launches": launches,
-            "top": [(e.key[:70], round(e.self_device_time_total / 1e3, 3), e.count) for e in top]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,5 +72,5 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"bleu": scores["bleu"], "rouge_l": scores["rouge_l"], "copy_bleu": scores["self_bleu_src"],
                       "len": scores["len"], "empty": scores["empty"]}), flush=True)
     if args.profile:
-        print(json.dumps({"profile": trace(run_round, device)}), flush=True)
+        print(json.dumps({"profile": card_trace(run_round, device, 1, "round")}), flush=True)
     return 0

@@ -42,7 +42,7 @@ from ..config import Config
 from ..data import load_encoded, sequence_widths
 from ..train import Training, build, load_data, stepper
 from ..train_log import LossWindow
-from .common import device_name, profiler, sync
+from .common import card_trace, device_name, sync
 
 VARIANTS = ("shipped", "graphed", "deepspeed_clip", "deepspeed_allreduce", "deepspeed_both")
 
@@ -101,24 +101,11 @@ def segment(trainer: Trainer, steps: int, device: torch.device) -> dict:
 
 def trace(trainer: Trainer, steps: int, device: torch.device) -> dict:
     """The card's side of `steps` steps: busy time beside wall time, kernel launches, top kernels."""
-    if device.type != "cuda":
-        return {"skipped": "the kernel trace needs a CUDA GPU (this run is on the CPU)"}
-    sync(device)
-    start = time.monotonic()
-    with profiler(device) as prof:
+    def work() -> None:
         for _ in range(steps):
             trainer.step()
             trainer.run.ema.update(1000)
-        sync(device)
-    wall = time.monotonic() - start
-    events = prof.key_averages()
-    kernels = [e for e in events if str(e.device_type).endswith("CUDA")]  # kernels, copies, memsets
-    busy_us = sum(e.self_device_time_total for e in kernels)
-    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:12]
-    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
-    return {"wall_ms_per_step": 1e3 * wall / steps, "device_busy_ms_per_step": busy_us / 1e3 / steps,
-            "kernel_launches_per_step": launches / steps, "distinct_kernels": len(kernels),
-            "top": [(e.key[:70], round(e.self_device_time_total / 1e3 / steps, 3), e.count // steps) for e in top]}
+    return card_trace(work, device, steps, "step")
 
 
 def markdown_table(results: dict[str, list[dict]]) -> str:
