@@ -1,7 +1,7 @@
 """The whole training step replayed from CUDA graphs (train.cuda_graphs), one graph per batch width.
 
-A step of the budget recipe's small model is bound by the host: it launches hundreds of kernels,
-and the card waits for them (BENCHMARKS.md: busy 15.6 of 36.7 ms). Here one step, from the
+A step of the budget recipe's small model launches hundreds of kernels from the host, and the
+card waits between them (BENCHMARKS.md measures what replaying them saves). Here one step, from the
 micro-batch's gather out of the device-resident data to the optimizer's update, is
 
     gather (input_ids, input_mask) -> timesteps -> loss terms -> sampler history -> backward
