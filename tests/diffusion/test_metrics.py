@@ -67,6 +67,30 @@ def test_clean():
     assert M.clean("[CLS] how are you [SEP] [PAD] [PAD]") == "how are you"
 
 
+def nltk_select_best(candidates):
+    """DiffuSeq's selectBest as written: every ordered pair scored by nltk from the strings."""
+    m = np.array([[M.sentence_bleu(a, b) for b in candidates] for a in candidates])
+    np.fill_diagonal(m, 0.0)
+    return int(np.argmax(m.sum(-1)))
+
+
+def test_mbr_scores_pairs_as_nltk_does_and_picks_as_diffuseq():
+    import random
+
+    rng = random.Random(0)
+    words = "how do i what is the a best way to learn python ? why can you get".split()
+    sentences = [h for pair in PAIRS for h in pair] + ["a", "a a", "the the the the"]
+    sentences += [" ".join(rng.choices(words, k=rng.randint(0, 12))) for _ in range(300)]
+    for _ in range(3000):  # MBR's BLEU of each ordered pair is nltk's, bit for bit
+        hyp, ref = rng.choice(sentences), rng.choice(sentences)
+        a, b = M._Ngrams(hyp), M._Ngrams(ref)
+        assert M._bleu_of_matches(M._clipped_matches(a, b), a.length, b.length) == M.sentence_bleu(hyp, ref), (hyp, ref)
+    for _ in range(200):  # ten candidates, repeats among them as seeds often give
+        candidates = [rng.choice(sentences[-300:]) for _ in range(10)]
+        candidates[rng.randrange(10)] = candidates[0]
+        assert M.mbr_select(candidates) == nltk_select_best(candidates)
+
+
 def test_mbr_select():
     cands = ["how do i learn python", "how do i learn python fast",
              "what is a dog", "how can i learn python"]
