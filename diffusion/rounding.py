@@ -25,7 +25,7 @@ class Rounding:
     uses_bias = True  # scores with the decoder (lm_head's bias), not by L2 distance
 
     def __init__(self, denoiser, sample: SampleConfig, input_mask):
-        from .sampling import first_target_positions
+        from .sampling import first_target_positions, rounding_offsets
 
         self.denoiser, self.sample = denoiser, sample
         self.embedding = denoiser.word_embedding.weight
@@ -33,6 +33,9 @@ class Rounding:
         k = sample.min_target_tokens
         # the positions that must hold text, at every rounding and in the read-out
         self.text_at = first_target_positions(input_mask, k) if k else None
+        if self.picks_tokens:  # the scores' per-token offsets, once for every step
+            self.offsets = rounding_offsets(self.embedding, self.bias, sample.pad_penalty)
+            self.text_offsets = rounding_offsets(self.embedding, self.bias, sample.pad_penalty, text_only=True) if k else None
 
     @classmethod
     def check(cls, cfg: Config) -> None:
@@ -51,12 +54,11 @@ class Rounding:
         """The token of each position, with text at the first target positions where asked."""
         from .sampling import nearest_embedding
 
-        ids = nearest_embedding(predicted_z_0, self.embedding, bias=self.bias, pad_penalty=self.sample.pad_penalty)
+        ids = nearest_embedding(predicted_z_0, self.embedding, offsets=self.offsets)
         if self.text_at is None:
             return ids
         at = predicted_z_0.gather(1, self.text_at[..., None].expand(-1, -1, predicted_z_0.shape[-1]))  # (B, k, D)
-        return ids.scatter(1, self.text_at, nearest_embedding(at, self.embedding, bias=self.bias,
-                                                              pad_penalty=self.sample.pad_penalty, text_only=True))
+        return ids.scatter(1, self.text_at, nearest_embedding(at, self.embedding, offsets=self.text_offsets))
 
 
 class L2Rounding(Rounding):

@@ -36,25 +36,37 @@ from .solvers import SOLVERS
 NOT_TEXT = len(SPECIAL_TOKENS)  # the special tokens take the ids below it (PAD, UNK, CLS, SEP): no text
 
 
+def rounding_offsets(embedding: torch.Tensor, bias: torch.Tensor | None = None, pad_penalty: float = 0.0,
+                     text_only: bool = False) -> torch.Tensor:
+    """(V,) fp32: the per-token offset o_v of nearest_embedding's score 2 z.e_v - o_v, which picks
+    the nearest embedding in L2 (|e_v|^2) or, with `bias` (the decoder's), the argmax of the logits
+    z.e_v + b_v (-2 b_v); PAD's raised by 2 * pad_penalty, and every special token's out of reach
+    with `text_only`. It depends on the weights alone: a sampler computes it once, not every step."""
+    offsets = embedding.detach().float().pow(2).sum(-1) if bias is None else -2 * bias.detach().float()
+    if pad_penalty or text_only:
+        offsets = offsets.clone()
+        offsets[PAD] += 2 * pad_penalty
+    if text_only:
+        offsets[:NOT_TEXT] = 1e30  # a score of -1e30: finite in fp32 and bf16, below any token's
+    return offsets
+
+
 def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, chunk_elements: int = 1 << 26,
                       fused: bool = True, bias: torch.Tensor | None = None, pad_penalty: float = 0.0,
-                      text_only: bool = False) -> torch.Tensor:
+                      text_only: bool = False, offsets: torch.Tensor | None = None) -> torch.Tensor:
     """Token ids (...,) of the word embeddings nearest (L2) to z (..., D); with `bias` (the
     decoder's), the argmax of the logits z.e_v + b_v instead. `pad_penalty` lowers PAD's score
     by that much (in logits; for L2, |z - e_PAD|^2 counts 2 * pad_penalty more); `text_only`
-    never picks a special token (PAD, UNK, CLS, SEP).
+    never picks a special token (PAD, UNK, CLS, SEP). `offsets`, made once by `rounding_offsets`,
+    stands for those three.
 
     argmin_v |z - e_v|^2 = argmax_v (2 z.e_v - |e_v|^2), and argmax_v (z.e_v + b_v) = argmax_v
     (2 z.e_v + 2 b_v): one score with a per-token offset. On CUDA (with `fused`) one Triton kernel
     scores bf16 x bf16 -> fp32 tiles and keeps the running argmax (kernels.py); elsewhere rows are
     processed in chunks so the (rows, V) score matrix never exceeds `chunk_elements`.
     """
-    offsets = embedding.detach().float().pow(2).sum(-1) if bias is None else -2 * bias.detach().float()  # (V,)
-    if pad_penalty or text_only:
-        offsets = offsets.clone()
-        offsets[PAD] += 2 * pad_penalty
-    if text_only:
-        offsets[:NOT_TEXT] = 1e30  # a score of -1e30: finite in fp32 and bf16, below any token's
+    if offsets is None:
+        offsets = rounding_offsets(embedding, bias, pad_penalty, text_only)
     if fused and z.is_cuda and _fused_rounding_available(z.shape[-1]):
         from . import kernels
 
