@@ -6,21 +6,22 @@ normalisation, so numbers are on the same scale as the DiffuSeq paper.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 from collections import Counter
 
 import numpy as np
-from nltk.translate.bleu_score import SmoothingFunction
-from nltk.translate.bleu_score import sentence_bleu as _nltk_sentence_bleu
 
 # which model BERTScore loads lives in a module without numpy, for the pipeline's login node
 from .bertscore_model import (DEFAULT_BERTSCORE_MODEL, OFFLINE_PACKAGE_MODEL,  # noqa: F401
                               default_offline_bertscore_model, resolve_bertscore_model)
 
-_SMOOTHING = SmoothingFunction()
-_SMOOTH = _SMOOTHING.method4
+# nltk's SmoothingFunction().k, which its method4 smoothing divides by; MBR's own BLEU uses it
+# without importing nltk (seconds of a sampling process's start: nltk imports scipy.stats and
+# more), and tests/diffusion/test_metrics.py checks that BLEU against nltk's
+_METHOD4_K = 5
 
 # DiffuSeq's evaluator strips these BERT special tokens from every string before scoring.
 _SPECIAL = ("[CLS]", "[SEP]", "[PAD]")
@@ -32,10 +33,21 @@ def clean(text: str) -> str:
     return text.strip()
 
 
+@functools.cache
+def _nltk_bleu():
+    """nltk's sentence_bleu and DiffuSeq's smoothing (method4 at nltk's defaults), imported on first
+    use: evaluation needs them, sampling's MBR does not."""
+    from nltk.translate.bleu_score import SmoothingFunction
+    from nltk.translate.bleu_score import sentence_bleu as nltk_sentence_bleu
+
+    return nltk_sentence_bleu, SmoothingFunction().method4
+
+
 def sentence_bleu(hyp: str, ref: str) -> float:
     # Default 4-gram weights; method4 smoothing so short sentences don't collapse to 0.
     # (DiffuSeq's pre-Feb-2023 script had hyp and ref swapped; the fixed order is used here.)
-    return float(_nltk_sentence_bleu([ref.split()], hyp.split(), smoothing_function=_SMOOTH))
+    nltk_sentence_bleu, method4 = _nltk_bleu()
+    return float(nltk_sentence_bleu([ref.split()], hyp.split(), smoothing_function=method4))
 
 
 def bleu(hyps, refs) -> float:
@@ -44,7 +56,7 @@ def bleu(hyps, refs) -> float:
 
 
 def _rouge_scorer():
-    # imported here: sampling (MBR) needs only nltk, and GPU images often lack rouge_score
+    # imported here: sampling (MBR) needs neither, and GPU images often lack rouge_score
     from rouge_score import rouge_scorer
 
     # DiffuSeq used torchmetrics' ROUGEScore(), whose default is use_stemmer=False; rouge_score
@@ -203,7 +215,7 @@ def _bleu_of_matches(matches: list[int], hyp_length: int, ref_length: int) -> fl
     for n, numerator in enumerate(matches):
         denominator = max(1, hyp_length - n)
         if numerator == 0 and hyp_length > 1:  # method4: 1 / (2^k' K / ln(len)) over the denominator
-            p_n.append(1 / (2**smoothed * _SMOOTHING.k / math.log(hyp_length)) / denominator)
+            p_n.append(1 / (2**smoothed * _METHOD4_K / math.log(hyp_length)) / denominator)
             smoothed += 1
         else:
             p_n.append(numerator / denominator)

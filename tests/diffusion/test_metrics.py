@@ -91,6 +91,16 @@ def test_mbr_scores_pairs_as_nltk_does_and_picks_as_diffuseq():
         assert M.mbr_select(candidates) == nltk_select_best(candidates)
 
 
+def test_sampling_imports_no_nltk():
+    """nltk's import (scipy.stats and more) costs a sampling process seconds it does not need."""
+    import subprocess
+    import sys
+
+    code = ("import sys, diffusion.sample, diffusion.metrics as M; M.mbr_select(['a b', 'a c']); "
+            "sys.exit('nltk' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 def test_mbr_select():
     cands = ["how do i learn python", "how do i learn python fast",
              "what is a dog", "how can i learn python"]
