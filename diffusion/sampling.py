@@ -41,7 +41,7 @@ def rounding_offsets(embedding: torch.Tensor, bias: torch.Tensor | None = None, 
     """(V,) fp32: the per-token offset o_v of nearest_embedding's score 2 z.e_v - o_v, which picks
     the nearest embedding in L2 (|e_v|^2) or, with `bias` (the decoder's), the argmax of the logits
     z.e_v + b_v (-2 b_v); PAD's raised by 2 * pad_penalty, and every special token's out of reach
-    with `text_only`. It depends on the weights alone: a sampler computes it once, not every step."""
+    with `text_only`. It depends on the weights and those settings alone: a sampler makes it once, not every step."""
     offsets = embedding.detach().float().pow(2).sum(-1) if bias is None else -2 * bias.detach().float()
     if pad_penalty or text_only:
         offsets = offsets.clone()
