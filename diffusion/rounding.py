@@ -35,7 +35,8 @@ class Rounding:
         self.text_at = first_target_positions(input_mask, k) if k else None
         if self.picks_tokens:  # the scores' per-token offsets, once for every step
             self.offsets = rounding_offsets(self.embedding, self.bias, sample.pad_penalty)
-            self.text_offsets = rounding_offsets(self.embedding, self.bias, sample.pad_penalty, text_only=True) if k else None
+            self.text_offsets = (rounding_offsets(self.embedding, self.bias, sample.pad_penalty, text_only=True)
+                                 if k else None)
 
     @classmethod
     def check(cls, cfg: Config) -> None:
