@@ -23,11 +23,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import ModelConfig
 from ..model import Denoiser
+from .common import SDPA_BACKENDS
 
 NEEDS_GPU = 2  # the exit status where there is no CUDA GPU: nothing was checked
 
-BACKENDS = {"default": None, "cudnn": [SDPBackend.CUDNN_ATTENTION], "efficient": [SDPBackend.EFFICIENT_ATTENTION],
-            "math": [SDPBackend.MATH]}
+BACKENDS = {name: backends for name, backends in SDPA_BACKENDS.items() if name != "flash"}  # the masked ones
 
 
 @torch.no_grad()

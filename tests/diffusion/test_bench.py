@@ -118,6 +118,13 @@ def test_decode_subcommand_times_rounds_of_what_diffusion_sample_writes(tmp_path
     assert [r["round"] for r in rounds] == [0, 1] and all(r["same_as_first"] for r in rounds)
     assert all(r["seconds"] > 0 and r["sentences_per_s"] > 0 for r in rounds)
     assert "CUDA GPU" in traced["profile"]["skipped"]
+    header, *_ = run_module("diffusion.bench", "decode", checkpoint, corpus["valid"], *sets, "--rounds", "1",
+                            "--attention", "math")
+    assert header["attention"] == "math"
+    pinned = bench_cli("decode", checkpoint, corpus["valid"], *sets, "--rounds", "1", "--attention", "cudnn")
+    # the backend is pinned: a CPU has no cuDNN attention, which the bench says in one line
+    assert pinned.returncode == 2 and "error: --attention cudnn cannot decode here" in pinned.stderr
+    assert "Traceback" not in pinned.stderr
     run_module("diffusion.sample", checkpoint, corpus["valid"], tmp_path / "out.jsonl", *sets)
     rows = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
     written = metrics.score([r["hyp"] for r in rows], [r["ref"] for r in rows], [r["src"] for r in rows],
