@@ -1,7 +1,8 @@
 """A fused GPU kernel (Triton) for the rounding step of sampling.
 
-`nearest_embedding(z, embedding)`: for each row of z (N, D), the index of the nearest word
-embedding (L2), as argmax_v (2 z.e_v - |e_v|^2). Each program takes BLOCK_M rows, walks the
+`nearest_embedding(z, embedding, offsets)`: for each row of z (N, D), argmax_v (2 z.e_v - o_v),
+the nearest word embedding (L2) or the decoder's argmax by the offsets o_v that
+sampling.rounding_offsets makes. Each program takes BLOCK_M rows, walks the
 vocabulary in tiles of BLOCK_V embeddings, scores a tile with one bf16 matmul (fp32
 accumulation) and keeps a running max and argmax: the (N, V) score matrix is never written to
 memory, which made the unfused rounding cost a third of a reverse step.
@@ -47,16 +48,14 @@ def supported(dim: int) -> bool:
     return dim >= 16 and dim & (dim - 1) == 0  # tl.dot and tl.arange need a power of two >= 16
 
 
-def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
-                      offsets: torch.Tensor | None = None) -> torch.Tensor:
-    """Token ids (...,) of the rows of `embedding` (V, D) nearest to z (..., D): argmax_v 2 z.e_v -
-    offsets_v, with offsets |e_v|^2 (L2; the default) or -2 b_v (the logits' argmax); scores in
-    `dtype` x `dtype` -> fp32."""
+def nearest_embedding(z: torch.Tensor, embedding: torch.Tensor, offsets: torch.Tensor,
+                      dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Token ids (...,) of the rows of `embedding` (V, D) best scored for z (..., D): argmax_v
+    2 z.e_v - offsets_v (V,), the offsets of sampling.rounding_offsets; scores in `dtype` x
+    `dtype` -> fp32."""
     dim = z.shape[-1]
     flat = z.reshape(-1, dim).to(dtype).contiguous()
     table = embedding.detach().to(dtype).contiguous()
-    if offsets is None:
-        offsets = embedding.detach().float().pow(2).sum(-1)
     sq_norms = offsets.detach().float().contiguous()
     ids = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
     grid = (triton.cdiv(flat.shape[0], TILES["BLOCK_M"]),)
