@@ -192,7 +192,7 @@ class _Ngrams:
     def __init__(self, text: str):
         tokens = text.split()
         self.length = len(tokens)
-        self.counts = [dict(Counter(zip(*(tokens[k:] for k in range(n))))) for n in range(1, 5)]
+        self.counts = [Counter(zip(*(tokens[k:] for k in range(n)))) for n in range(1, 5)]
 
 
 def _clipped_matches(a: _Ngrams, b: _Ngrams) -> list[int]:
