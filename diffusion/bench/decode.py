@@ -23,6 +23,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from torch.nn.attention import sdpa_kernel
 
 from .. import metrics
 from ..data import load_pairs
@@ -65,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     backends = SDPA_BACKENDS[args.attention]
 
     def run_round() -> tuple[float, list[dict]]:
-        from torch.nn.attention import sdpa_kernel
-
         with sdpa_kernel(backends) if backends else nullcontext():
             return decode_round(denoiser, cfg, sample_cfg, tokenizer, pairs, device)
 
