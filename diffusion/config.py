@@ -233,6 +233,9 @@ class SampleConfig:
     max_examples: int | None = None
     use_ema: bool = True  # sampling reads the EMA weights a checkpoint exports; the spec refuses false
     compile: bool = True  # torch.compile the denoiser for the reverse steps (GPU only)
+    # on a GPU: the steps between a batch's first and last replayed from one CUDA graph
+    # (sample_graphs.py), which takes the host out of a few-step decode's loop; the same tokens
+    cuda_graphs: bool = False
     # on GPU: bf16 weights (fastest; the state z and the rounding scores stay fp32), or fp32 weights
     # under bf16 autocast; the CPU samples in fp32
     weights: Literal["bf16", "fp32"] = "bf16"

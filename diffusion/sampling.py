@@ -20,7 +20,7 @@ scores, fused on CUDA) and `soft_embedding`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -29,6 +29,7 @@ from .data import PAD, SPECIAL_TOKENS
 from .model import Denoiser
 from .noising import noising_mode
 from .rounding import ROUNDINGS
+from .sample_graphs import REPLAYED_FROM, replay_steps
 from .schedule import Schedule
 from .solvers import SOLVERS
 
@@ -151,6 +152,51 @@ def read_out(logits: torch.Tensor, pad_penalty: float, text_at: torch.Tensor | N
     return logits.argmax(-1)
 
 
+class ReverseState(NamedTuple):
+    """What a reverse step carries to the next."""
+
+    z: torch.Tensor  # (B, L, D) fp32
+    previous_z_0: torch.Tensor | None  # the denoiser's last estimate, unrounded (self-conditioning only)
+    history: torch.Tensor | None  # what the solver keeps from one step to the next (dpm++2m: the last estimate)
+
+
+class ReverseStep:
+    """One reverse step of one batch, z at step -> z at step - 1: the plain loop calls it at every
+    step; a CUDA graph records `body` once and replays it for the steps between the first and the
+    last (sample_graphs.py)."""
+
+    def __init__(self, denoiser: Denoiser, schedule: Schedule, cfg: Config, input_mask: torch.Tensor,
+                 embedding: torch.Tensor, within_width: torch.Tensor | None = None,
+                 on_step: Callable[[int, torch.Tensor], None] | None = None):
+        self.denoiser, self.schedule, self.cfg = denoiser, schedule, cfg
+        self.noising, self.solver = noising_mode(cfg.diffusion, cfg.sample), SOLVERS[cfg.sample.solver](cfg.sample)
+        self.rounding = ROUNDINGS[cfg.sample.rounding](denoiser, cfg.sample, input_mask)
+        self.input_mask, self.embedding, self.on_step = input_mask, embedding, on_step
+        self.width = {} if within_width is None else {"within_width": within_width}
+
+    def rounds(self, step: int) -> bool:
+        """Whether the step's estimate is rounded (from t >= sample.clamp_step on)."""
+        return int(self.schedule.timestep_map[step]) >= self.cfg.sample.clamp_step
+
+    def __call__(self, state: ReverseState, step: int, randn_like) -> ReverseState:
+        t = torch.full((len(state.z),), step, device=state.z.device, dtype=torch.long)
+        return self.body(state, step, t, randn_like)
+
+    def body(self, state: ReverseState, step: int, t: torch.Tensor, randn_like, coefficients=None) -> ReverseState:
+        """The step at `step` (its index t as a tensor); `coefficients`: the solver's numbers as
+        tensors (None: the solver works them out for `step`)."""
+        z = self.noising.before_step(self.schedule, state.z, self.embedding, t, self.input_mask, randn_like)
+        if self.on_step is not None:
+            self.on_step(step, z)
+        timesteps = self.schedule.model_timesteps(t, self.cfg.diffusion.rescale_timesteps)
+        predicted_z_0 = self.denoiser(z, timesteps, state.previous_z_0, **self.width).float()
+        previous_z_0 = None if state.previous_z_0 is None else predicted_z_0
+        if self.rounds(step):
+            predicted_z_0 = self.rounding(predicted_z_0)
+        z, history = self.solver.step(self.schedule, z, predicted_z_0, state.history, step, randn_like, coefficients)
+        return ReverseState(self.noising.after_step(z, self.embedding, self.input_mask), previous_z_0, history)
+
+
 @torch.no_grad()
 def sample_tokens(denoiser: Denoiser, schedule: Schedule, input_ids: torch.Tensor, input_mask: torch.Tensor,
                   cfg: Config, generator: torch.Generator | Sequence[torch.Generator] | None = None,
@@ -158,25 +204,19 @@ def sample_tokens(denoiser: Denoiser, schedule: Schedule, input_ids: torch.Tenso
                   on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """(B, L) token ids sampled for a batch of encoded sequences, as cfg's diffusion and sample
     sections say; the target part is the output. `generator`: see Noise. `on_step(t, z_t)` is
-    called with the state the denoiser sees at every step (for inspection)."""
+    called with the state the denoiser sees at every step (for inspection; the steps then run
+    without CUDA graphs)."""
     emb = denoiser.embed(input_ids).float()  # (B, L, D), the clean embedding; the state z stays fp32
     noise = Noise(generator, len(input_ids), emb.shape[1] if within_width is None else denoiser.cfg.max_positions)
-    noising, solver = noising_mode(cfg.diffusion, cfg.sample), SOLVERS[cfg.sample.solver](cfg.sample)
-    rounding = ROUNDINGS[cfg.sample.rounding](denoiser, cfg.sample, input_mask)
-    width = {} if within_width is None else {"within_width": within_width.to(emb.device)}
-    z = noising.start(noise.like(emb), emb, input_mask)
-    previous_z_0 = torch.zeros_like(emb) if denoiser.cfg.self_condition else None
-    for step in reversed(range(schedule.num_steps)):
-        t = torch.full((emb.shape[0],), step, device=emb.device, dtype=torch.long)
-        z = noising.before_step(schedule, z, emb, t, input_mask, noise.like)
-        if on_step is not None:
-            on_step(step, z)
-        predicted_z_0 = denoiser(z, schedule.model_timesteps(t, cfg.diffusion.rescale_timesteps), previous_z_0,
-                                 **width).float()
-        if previous_z_0 is not None:
-            previous_z_0 = predicted_z_0
-        if int(schedule.timestep_map[step]) >= cfg.sample.clamp_step:
-            predicted_z_0 = rounding(predicted_z_0)
-        z = noising.after_step(solver.step(schedule, z, predicted_z_0, step, t, noise.like), emb, input_mask)
-    tokens = read_out(denoiser.logits(z), cfg.sample.pad_penalty, rounding.text_at)
-    return tokens if within_width is None else tokens.masked_fill(~width["within_width"], PAD)
+    within_width = None if within_width is None else within_width.to(emb.device)
+    reverse = ReverseStep(denoiser, schedule, cfg, input_mask, emb, within_width, on_step)
+    state = ReverseState(reverse.noising.start(noise.like(emb), emb, input_mask),
+                         torch.zeros_like(emb) if denoiser.cfg.self_condition else None, None)
+    steps = list(reversed(range(schedule.num_steps)))
+    if cfg.sample.cuda_graphs and on_step is None and len(steps) >= REPLAYED_FROM:
+        state = replay_steps(reverse, state, steps, noise.like)
+    else:
+        for step in steps:
+            state = reverse(state, step, noise.like)
+    tokens = read_out(denoiser.logits(state.z), cfg.sample.pad_penalty, reverse.rounding.text_at)
+    return tokens if within_width is None else tokens.masked_fill(~within_width, PAD)

@@ -96,6 +96,12 @@ class Schedule:
             self._device_cache[key] = table.to(device=device, dtype=torch.float32 if table.is_floating_point() else None)
         return self._device_cache[key]
 
+    def coefficient(self, name: str, step: int, sqrt: bool = False) -> float:
+        """The table `name` at `step` as a step on the card reads it (float32), or its float32
+        square root with `sqrt`: the same number as a Python float."""
+        value = getattr(self, name)[step].to(torch.float32)
+        return float(value.sqrt() if sqrt else value)
+
     def gather(self, name: str, t: torch.Tensor, ndim: int) -> torch.Tensor:
         """The coefficient `name` at steps t (B,), float32, shaped (B, 1, ..., 1) to broadcast over ndim dims."""
         return self._table(name, t.device)[t].view(-1, *([1] * (ndim - 1)))
