@@ -118,6 +118,7 @@ class ModelConfig:
 NoisingName = Literal["target", "full"]
 SolverName = Literal["ddpm", "ddim", "dpm++2m"]
 RoundingName = Literal["l2", "logits", "soft"]
+AttentionName = Literal["default", "cudnn", "flash", "efficient", "math"]  # model.SDPA_BACKENDS
 ScheduleName = Literal["sqrt", "linear", "cosine"]
 TimestepSamplerName = Literal["lossaware", "uniform"]
 
@@ -236,6 +237,11 @@ class SampleConfig:
     # on a GPU: the steps between a batch's first and last replayed from one CUDA graph
     # (sample_graphs.py), which takes the host out of a few-step decode's loop; the same tokens
     cuda_graphs: bool = False
+    # on a GPU: the attention kernel of the reverse steps, one of scaled_dot_product_attention's
+    # backends, or PyTorch's own choice (default). On an H100 or H200 that choice is cuDNN's, which
+    # builds a plan for every new batch shape: about a second of a fresh decode over QQP's widths
+    # (BENCHMARKS.md). Flash attention takes no mask (model.width_mask).
+    attention: AttentionName = "default"
     # on GPU: bf16 weights (fastest; the state z and the rounding scores stay fp32), or fp32 weights
     # under bf16 autocast; the CPU samples in fp32
     weights: Literal["bf16", "fp32"] = "bf16"
@@ -281,6 +287,8 @@ class Config:
                 "positions with its [CLS] and [SEP]")
         require(not self.model.width_mask or d.trim, "model.width_mask",
                 "needs data.trim: untrimmed, every sequence is seq_len wide and there is no padding past it to mask")
+        require(s.attention != "flash" or not self.model.width_mask, "sample.attention",
+                "flash attention takes no mask, and model.width_mask masks each sequence's padding (try efficient)")
         for chosen in (NOISING[self.diffusion.noising], SOLVERS[s.solver], ROUNDINGS[s.rounding]):
             chosen.check(self)
 

@@ -15,12 +15,19 @@ torch's default init, as DiffuSeq's BertEncoder does.
 from __future__ import annotations
 
 import math
+import typing
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
 
-from .config import ModelConfig
+from .config import AttentionName, ModelConfig
+
+# the scaled_dot_product_attention backends of each sample.attention (None: PyTorch's own choice)
+SDPA_BACKENDS = {"default": None, "cudnn": [SDPBackend.CUDNN_ATTENTION], "flash": [SDPBackend.FLASH_ATTENTION],
+                 "efficient": [SDPBackend.EFFICIENT_ATTENTION], "math": [SDPBackend.MATH]}
+assert set(SDPA_BACKENDS) == set(typing.get_args(AttentionName)), "an attention name without its backends"
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

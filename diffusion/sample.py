@@ -16,12 +16,13 @@ import argparse
 import json
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn.attention import sdpa_kernel
 
 from . import atomic
 from .checkpoint import CheckpointError, load_exported
@@ -30,6 +31,7 @@ from .data import (DataError, batch_width, decode, width_batches, encode_pairs, 
                    target_budget, within_width)
 from .manifest import seed_samples
 from .metrics import mbr_select
+from .model import SDPA_BACKENDS
 from .sampling import sample_tokens
 from .schedule import Schedule
 
@@ -60,27 +62,49 @@ def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int]
     autocast = device.type == "cuda" and sample_cfg.weights == "fp32"  # bf16 weights need none
     hypotheses: list[dict[int, str]] = [{} for _ in seeds]
     decoded, total = 0, len(pairs) * len(seeds)
-    for batch in width_batches(widths, cfg.data.seq_len, sample_cfg.batch_size):
-        width = batch_width(widths[batch], cfg.data.seq_len)
-        indices, row_masks = batch.tolist(), input_mask[batch, :width]
-        ids, mask = input_ids[batch, :width].to(device), row_masks.to(device)
-        together = max(1, sample_cfg.batch_size // len(batch))  # seeds that fit in one decode batch
-        for first in range(0, len(seeds), together):
-            group = range(first, min(first + together, len(seeds)))
-            inside = within_width(mask, cfg.data).repeat(len(group), 1) if cfg.model.width_mask else None
-            with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext():
-                tokens = sample_tokens(denoiser, schedule, ids.repeat(len(group), 1), mask.repeat(len(group), 1),
-                                       replace(cfg, sample=sample_cfg), [generators[i] for i in group], inside)
-            for seed_index, seed_tokens in zip(group, tokens.cpu().split(len(batch))):
-                for index, row_mask, row_tokens in zip(indices, row_masks, seed_tokens):
-                    hypotheses[seed_index][index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])
-            decoded += len(batch) * len(group)
-            if progress:
-                progress(decoded, total)
+    with attention_kernel(sample_cfg.attention, device):
+        for batch in width_batches(widths, cfg.data.seq_len, sample_cfg.batch_size):
+            width = batch_width(widths[batch], cfg.data.seq_len)
+            indices, row_masks = batch.tolist(), input_mask[batch, :width]
+            ids, mask = input_ids[batch, :width].to(device), row_masks.to(device)
+            together = max(1, sample_cfg.batch_size // len(batch))  # seeds that fit in one decode batch
+            for first in range(0, len(seeds), together):
+                group = range(first, min(first + together, len(seeds)))
+                inside = within_width(mask, cfg.data).repeat(len(group), 1) if cfg.model.width_mask else None
+                with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext():
+                    tokens = sample_tokens(denoiser, schedule, ids.repeat(len(group), 1), mask.repeat(len(group), 1),
+                                           replace(cfg, sample=sample_cfg), [generators[i] for i in group], inside)
+                for seed_index, seed_tokens in zip(group, tokens.cpu().split(len(batch))):
+                    for index, row_mask, row_tokens in zip(indices, row_masks, seed_tokens):
+                        hypotheses[seed_index][index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])
+                decoded += len(batch) * len(group)
+                if progress:
+                    progress(decoded, total)
     references = [split_sequence(reference_ids[i], reference_mask[i]) for i in range(len(pairs))]
     texts = [(decode(tokenizer, source), decode(tokenizer, reference)) for source, reference in references]
     return [[{"src": src, "ref": ref, "hyp": per_seed[index]} for index, (src, ref) in enumerate(texts)]
             for per_seed in hypotheses]
+
+
+UNSUPPORTED_ATTENTION = ("No available kernel", "No viable backend")  # torch's words on a GPU, on a CPU
+
+
+@contextmanager
+def attention_kernel(name: str, device: torch.device):
+    """sample.attention's SDPA backends pinned for what runs inside, on a GPU (a CPU keeps PyTorch's
+    choice). A pinned backend that cannot run there ends in a ConfigError naming the key."""
+    backends = SDPA_BACKENDS[name] if device.type == "cuda" else None
+    if backends is None:
+        yield
+        return
+    try:
+        with sdpa_kernel(backends):
+            yield
+    except RuntimeError as err:
+        if not any(words in str(err) for words in UNSUPPORTED_ATTENTION):
+            raise
+        raise ConfigError("sample.attention", f"{name} cannot run these batches on this device: "
+                          f"{str(err).splitlines()[0]}") from None
 
 
 def select_mbr(candidates_per_seed: list[list[dict]]) -> list[dict]:

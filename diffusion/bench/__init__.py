@@ -9,7 +9,6 @@
     python -m diffusion.bench profile SPEC [--set KEY=VALUE ...] [--steps 100] [--rounds 4] [--warmup 100]
                                            [--variants shipped,graphed] [--profile-steps 10] [--workdir DIR]
     python -m diffusion.bench decode CHECKPOINT SPLIT [--set sample.KEY=VALUE ...] [--rounds 3] [--profile]
-                                                      [--attention default|cudnn|flash|efficient|math]
     python -m diffusion.bench attention                                           # GPU only
 
 - train (train.py): tokens/s of full DeepSpeed steps on random full-length token ids (as DiffuSeq's

@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import ModelConfig
-from ..model import Denoiser
-from .common import SDPA_BACKENDS
+from ..model import SDPA_BACKENDS, Denoiser
 
 NEEDS_GPU = 2  # the exit status where there is no CUDA GPU: nothing was checked
 

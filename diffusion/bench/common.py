@@ -8,7 +8,6 @@ import json
 import time
 
 import torch
-from torch.nn.attention import SDPBackend
 
 from ..config import ModelConfig
 
@@ -42,10 +41,6 @@ def profiler(device: torch.device):
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     return profile(activities=activities)
 
-
-# SDPA backends a bench can pin (None: PyTorch's own choice); flash attention takes no mask
-SDPA_BACKENDS = {"default": None, "cudnn": [SDPBackend.CUDNN_ATTENTION], "flash": [SDPBackend.FLASH_ATTENTION],
-                 "efficient": [SDPBackend.EFFICIENT_ATTENTION], "math": [SDPBackend.MATH]}
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")  # the host's kernel launch calls
 

@@ -9,8 +9,8 @@ sentences/s (a pair and a seed is a sentence) and whether its outputs are the fi
 then one line of the outputs' scores (DiffuSeq's evaluator: BLEU, ROUGE-L, and BLEU against each
 output's own source); with --profile, a torch.profiler trace of one more round on a GPU: the card's
 busy time beside the wall time, the kernel launches and the kernels that take the time.
---attention pins the SDPA backend for every round (the first round's extra seconds are per-shape
-first calls, among them the plans cuDNN attention builds for each new shape).
+`--set sample.attention=efficient` (or flash, cudnn, math) pins the attention backend and
+`--set sample.cuda_graphs=true` replays the middle steps, as they do in diffusion.sample.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ import argparse
 import json
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch.nn.attention import sdpa_kernel
 
 from .. import metrics
-from ..data import load_pairs
+from ..checkpoint import CheckpointError
+from ..config import ConfigError
+from ..data import DataError, load_pairs
 from ..sample import generate_seeds, load_for_sampling, parse_sets, select_mbr
-from .common import SDPA_BACKENDS, card_trace, device_name, sync
+from .common import card_trace, device_name, sync
 
 
 def decode_round(denoiser, cfg, sample_cfg, tokenizer, pairs: list[dict], device: torch.device) -> tuple[float, list[dict]]:
@@ -49,35 +49,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="as `python -m diffusion.sample --set`, e.g. sample.steps=10 (repeat it)")
     parser.add_argument("--rounds", type=int, default=3, help="decodings of the split timed")
     parser.add_argument("--profile", action="store_true", help="trace one more round (GPU only)")
-    parser.add_argument("--attention", choices=list(SDPA_BACKENDS), default="default",
-                        help="the SDPA backend of every round (default: PyTorch's choice)")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds: at least 1")
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    cfg, sample_cfg, denoiser, tokenizer = load_for_sampling(args.checkpoint, parse_sets(args.set), device)
-    pairs = load_pairs(args.split, sample_cfg.max_examples)
+    try:
+        cfg, sample_cfg, denoiser, tokenizer = load_for_sampling(args.checkpoint, parse_sets(args.set), device)
+        pairs = load_pairs(args.split, sample_cfg.max_examples)
+    except (CheckpointError, ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps({"device": device_name(device), "torch": torch.__version__, "checkpoint": str(args.checkpoint),
                       "sets": args.set, "pairs": len(pairs), "seeds": list(sample_cfg.seeds),
                       "solver": sample_cfg.solver, "steps": sample_cfg.steps, "batch_size": sample_cfg.batch_size,
-                      "attention": args.attention}), flush=True)
-    backends = SDPA_BACKENDS[args.attention]
+                      "attention": sample_cfg.attention, "cuda_graphs": sample_cfg.cuda_graphs}), flush=True)
 
     def run_round() -> tuple[float, list[dict]]:
-        with sdpa_kernel(backends) if backends else nullcontext():
-            return decode_round(denoiser, cfg, sample_cfg, tokenizer, pairs, device)
+        return decode_round(denoiser, cfg, sample_cfg, tokenizer, pairs, device)
 
     first = None
     for r in range(args.rounds):
         try:
             seconds, rows = run_round()
-        except RuntimeError as err:  # a pinned backend that cannot run these shapes on this device
-            if backends is None:
-                raise
-            print(f"error: --attention {args.attention} cannot decode here: {str(err).splitlines()[0]}",
-                  file=sys.stderr)
+        except ConfigError as err:  # a pinned attention backend that cannot run these batches here
+            print(f"error: {err}", file=sys.stderr)
             return 2
         hyps = [row["hyp"] for row in rows]
         first = first if first is not None else hyps

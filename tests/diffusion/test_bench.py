@@ -119,12 +119,11 @@ def test_decode_subcommand_times_rounds_of_what_diffusion_sample_writes(tmp_path
     assert all(r["seconds"] > 0 and r["sentences_per_s"] > 0 for r in rounds)
     assert "CUDA GPU" in traced["profile"]["skipped"]
     header, *_ = run_module("diffusion.bench", "decode", checkpoint, corpus["valid"], *sets, "--rounds", "1",
-                            "--attention", "math")
-    assert header["attention"] == "math"
-    pinned = bench_cli("decode", checkpoint, corpus["valid"], *sets, "--rounds", "1", "--attention", "cudnn")
-    # the backend is pinned: a CPU has no cuDNN attention, which the bench says in one line
-    assert pinned.returncode == 2 and "error: --attention cudnn cannot decode here" in pinned.stderr
-    assert "Traceback" not in pinned.stderr
+                            "--set", "sample.attention=efficient", "--set", "sample.cuda_graphs=true")
+    assert header["attention"] == "efficient" and header["cuda_graphs"] is True
+    refused = bench_cli("decode", checkpoint, corpus["valid"], "--set", "sample.attention=fast")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "error: sample.attention: must be one of" in refused.stderr
     run_module("diffusion.sample", checkpoint, corpus["valid"], tmp_path / "out.jsonl", *sets)
     rows = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
     written = metrics.score([r["hyp"] for r in rows], [r["ref"] for r in rows], [r["src"] for r in rows],

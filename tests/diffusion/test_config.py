@@ -37,6 +37,15 @@ def test_a_section_checks_its_values_and_config_the_rules_between_them(tmp_path,
         load_spec(spec)
 
 
+def test_flash_attention_is_refused_for_a_width_masked_model():
+    data = {**GOOD, "data": {**GOOD["data"], "trim": True}, "model": {**GOOD["model"], "width_mask": True},
+            "sample": {"attention": "flash"}}
+    with pytest.raises(ConfigError, match="flash attention takes no mask") as info:
+        from_dict(Config, data)
+    assert info.value.key == "sample.attention"
+    from_dict(Config, {**data, "sample": {"attention": "efficient"}})
+
+
 def test_a_section_left_out_is_checked_with_its_defaults():
     with pytest.raises(ConfigError, match="name a source") as info:
         from_dict(Config, {})
