@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -128,11 +129,15 @@ def within_width(input_mask: torch.Tensor, cfg) -> torch.Tensor:
     return positions < sequence_widths(input_mask, cfg)[..., None]
 
 
-def batch_width(widths: torch.Tensor, seq_len: int, multiple: int = 8) -> int:
-    """The width a batch of sequences is cut to: its widest, rounded up to a multiple of 8 (fewer
-    shapes for the compiler, aligned kernels), at most seq_len."""
-    widest = int(widths.max())
-    return min(seq_len, -(-widest // multiple) * multiple)
+def rounded_widths(widths: torch.Tensor, seq_len: int, multiple: int = 8) -> torch.Tensor:
+    """Each width rounded up to a multiple of 8 (fewer shapes for the compiler, aligned kernels),
+    at most seq_len."""
+    return (-(-widths // multiple) * multiple).clamp(max=seq_len)
+
+
+def batch_width(widths: torch.Tensor, seq_len: int) -> int:
+    """The width a batch of sequences is cut to: its widest sequence's rounded width."""
+    return int(rounded_widths(widths.max(), seq_len))
 
 
 def width_batches(widths: torch.Tensor, seq_len: int, batch_size: int) -> list[torch.Tensor]:
@@ -140,26 +145,36 @@ def width_batches(widths: torch.Tensor, seq_len: int, batch_size: int) -> list[t
     `batch_width`, so that no sequence carries more PAD positions past its own width than training
     showed it (a batch's tail beyond a sequence's width is PAD the model never saw there). In
     index order when untrimmed (every width seq_len)."""
-    rounded = torch.tensor([batch_width(w.view(1), seq_len) for w in widths], dtype=torch.long)
+    rounded = rounded_widths(widths, seq_len)
     batches = []
     for width in rounded.unique().tolist():
         batches += list(torch.nonzero(rounded == width).flatten().split(batch_size))
     return batches
 
 
+def tokenize_pairs(tok: Tokenizer, pairs: list[dict]) -> tuple[list[list[int]], list[list[int]]]:
+    """(source ids, target ids) of each pair, without special tokens (build_sequence adds them)."""
+    srcs = tok.encode_batch([p["src"] for p in pairs], add_special_tokens=False)
+    trgs = tok.encode_batch([p["trg"] for p in pairs], add_special_tokens=False)
+    return [s.ids for s in srcs], [t.ids for t in trgs]
+
+
+def build_pairs(srcs: list[list[int]], trgs: list[list[int]], seq_len: int,
+                budget: Callable[[int], int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, input_mask), int64 [N, seq_len] each, of tokenized pairs; `budget` from
+    `target_budget` trims targets."""
+    rows = [build_sequence(s, t, seq_len, budget) for s, t in zip(srcs, trgs)]
+    shape = (len(rows), seq_len)
+    # through numpy: torch.tensor of nested lists is a few times slower, and sampling encodes every split it decodes
+    ids = np.array([ids for ids, _ in rows], dtype=np.int64).reshape(shape)
+    mask = np.array([mask for _, mask in rows], dtype=np.int64).reshape(shape)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
 def encode_pairs(tok: Tokenizer, pairs: list[dict], seq_len: int,
                  budget: Callable[[int], int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, input_mask), int64 [N, seq_len] each; `budget` from `target_budget` trims targets."""
-    # No post-processor in our tokenizer; build_sequence adds the special tokens.
-    srcs = tok.encode_batch([p["src"] for p in pairs], add_special_tokens=False)
-    trgs = tok.encode_batch([p["trg"] for p in pairs], add_special_tokens=False)
-    ids, mask = [], []
-    for s, t in zip(srcs, trgs):
-        seq, m = build_sequence(s.ids, t.ids, seq_len, budget)
-        ids.append(seq)
-        mask.append(m)
-    shape = (len(pairs), seq_len)
-    return torch.tensor(ids, dtype=torch.long).reshape(shape), torch.tensor(mask, dtype=torch.long).reshape(shape)
+    return build_pairs(*tokenize_pairs(tok, pairs), seq_len, budget)
 
 
 def save_encoded(path: str | Path, input_ids: torch.Tensor, input_mask: torch.Tensor) -> None:
@@ -185,10 +200,14 @@ _SPECIAL_TEXT = re.compile(r"\[(?:CLS|SEP|PAD)\]")
 
 def decode(tok: Tokenizer, ids: Sequence[int]) -> str:
     """Text of token ids as DiffuSeq's evaluator sees it: no special tokens, single spaces."""
-    ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    return decode_batch(tok, [ids])[0]
+
+
+def decode_batch(tok: Tokenizer, sequences: Sequence[Sequence[int]]) -> list[str]:
+    """`decode` of each sequence, the tokenizer's work done in one call."""
+    lists = [ids.tolist() if isinstance(ids, torch.Tensor) else list(ids) for ids in sequences]
     # skip_special_tokens drops the PADs (trailing or not), CLS and SEP, and UNK too.
-    text = _SPECIAL_TEXT.sub(" ", tok.decode(ids, skip_special_tokens=True))
-    return " ".join(text.split())
+    return [" ".join(_SPECIAL_TEXT.sub(" ", text).split()) for text in tok.decode_batch(lists, skip_special_tokens=True)]
 
 
 def split_sequence(input_ids, input_mask) -> tuple[list[int], list[int]]:
