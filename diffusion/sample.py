@@ -27,8 +27,8 @@ from torch.nn.attention import sdpa_kernel
 from . import atomic
 from .checkpoint import CheckpointError, load_exported
 from .config import ConfigError, SampleConfig, checked, from_dict, to_dict
-from .data import (DataError, batch_width, decode, width_batches, encode_pairs, load_pairs, sequence_widths, split_sequence,
-                   target_budget, within_width)
+from .data import (DataError, batch_width, build_pairs, decode_batch, width_batches, load_pairs, sequence_widths, split_sequence,
+                   target_budget, tokenize_pairs, within_width)
 from .manifest import seed_samples
 from .metrics import mbr_select
 from .model import SDPA_BACKENDS
@@ -55,8 +55,9 @@ def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int]
     schedule = Schedule.named(cfg.diffusion.schedule, cfg.diffusion.steps)
     if sample_cfg.steps:
         schedule = schedule.respaced(sample_cfg.steps)
-    input_ids, input_mask = encode_pairs(tokenizer, pairs, cfg.data.seq_len, target_budget(cfg.data))
-    reference_ids, reference_mask = encode_pairs(tokenizer, pairs, cfg.data.seq_len) if cfg.data.trim else (input_ids, input_mask)
+    srcs, trgs = tokenize_pairs(tokenizer, pairs)
+    input_ids, input_mask = build_pairs(srcs, trgs, cfg.data.seq_len, target_budget(cfg.data))
+    reference_ids, reference_mask = build_pairs(srcs, trgs, cfg.data.seq_len) if cfg.data.trim else (input_ids, input_mask)
     widths = sequence_widths(input_mask, cfg.data)
     generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
     autocast = device.type == "cuda" and sample_cfg.weights == "fp32"  # bf16 weights need none
@@ -75,13 +76,14 @@ def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int]
                     tokens = sample_tokens(denoiser, schedule, ids.repeat(len(group), 1), mask.repeat(len(group), 1),
                                            replace(cfg, sample=sample_cfg), [generators[i] for i in group], inside)
                 for seed_index, seed_tokens in zip(group, tokens.cpu().split(len(batch))):
-                    for index, row_mask, row_tokens in zip(indices, row_masks, seed_tokens):
-                        hypotheses[seed_index][index] = decode(tokenizer, split_sequence(row_tokens, row_mask)[1])
+                    targets = [split_sequence(row_tokens, row_mask)[1] for row_tokens, row_mask in zip(seed_tokens, row_masks)]
+                    hypotheses[seed_index].update(zip(indices, decode_batch(tokenizer, targets)))
                 decoded += len(batch) * len(group)
                 if progress:
                     progress(decoded, total)
-    references = [split_sequence(reference_ids[i], reference_mask[i]) for i in range(len(pairs))]
-    texts = [(decode(tokenizer, source), decode(tokenizer, reference)) for source, reference in references]
+    references = [split_sequence(ids, mask) for ids, mask in zip(reference_ids, reference_mask)]
+    texts = list(zip(decode_batch(tokenizer, [source for source, _ in references]),
+                     decode_batch(tokenizer, [reference for _, reference in references])))
     return [[{"src": src, "ref": ref, "hyp": per_seed[index]} for index, (src, ref) in enumerate(texts)]
             for per_seed in hypotheses]
 
