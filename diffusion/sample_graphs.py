@@ -74,7 +74,8 @@ class GraphedStep:
         self.coefficients.copy_(coefficients)
         self.noise.draw(randn_like)
         if not self.capture:
-            return self._body(step)
+            self._body(step)
+            return
         rounds = self.reverse.rounds(step)
         if rounds not in self.graphs:
             # capture_begin/end rather than torch.cuda.graph(), which synchronises, collects garbage and

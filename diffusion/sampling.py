@@ -6,7 +6,9 @@ noising mode sets the source positions of the state, the denoiser predicts z_0, 
 t >= clamp_step on the rounding replaces that prediction, and the solver moves z_t to the next
 step; the target is read out at the end as argmax of lm_head (PAD lowered by sample.pad_penalty,
 the first sample.min_target_tokens target positions text only). A self-conditioned denoiser gets
-its previous (unrounded) estimate of z_0 back at every step, zeros at the first.
+its previous (unrounded) estimate of z_0 back at every step, zeros at the first. One step is
+`ReverseStep`; with sample.cuda_graphs the steps between a batch's first and last replay it from
+one CUDA graph (sample_graphs.py), with the same tokens.
 
 With `within_width` (a width-masked model, model.width_mask) each sequence is denoised inside its
 own width: the denoiser attends there alone, the positions past it read out as PAD, and every
