@@ -18,32 +18,29 @@ from helpers import decoding
 MODES = [("target", "conditional", 1.0), ("full", "conditional", 1.0), ("full", "joint", 1.0), ("full", "conditional", 0.3)]
 
 
-def final_states(denoiser, batch, steps, **keys):
-    """(tokens, the final z read out) of a decoding with graphs off and on, and how many steps were replayed."""
+def final_states(monkeypatch, denoiser, batch, steps, **keys):
+    """(tokens, the final z read out) of a decoding with graphs off and on, and the steps replayed."""
     ids, mask = batch
     read = []
-    denoiser.logits = lambda z: (read.append(z.clone()), Denoiser.logits(denoiser, z))[1]
+    monkeypatch.setattr(denoiser, "logits", lambda z: (read.append(z.clone()), Denoiser.logits(denoiser, z))[1])
     replayed = []
     original = sample_graphs.GraphedStep.__call__
 
-    def counting(self, *args):
-        replayed.append(args[0])
-        return original(self, *args)
+    def counting(self, step, *args):
+        replayed.append(step)
+        return original(self, step, *args)
 
-    sample_graphs.GraphedStep.__call__ = counting
-    try:
-        runs = [(sample_tokens(denoiser, Schedule.named("sqrt", 200).respaced(steps), ids, mask,
-                               decoding(cuda_graphs=graphs, **keys), generator=torch.Generator().manual_seed(1)),
-                 read[-1]) for graphs in (False, True)]
-    finally:
-        sample_graphs.GraphedStep.__call__ = original
+    monkeypatch.setattr(sample_graphs.GraphedStep, "__call__", counting)
+    runs = [(sample_tokens(denoiser, Schedule.named("sqrt", 200).respaced(steps), ids, mask,
+                           decoding(cuda_graphs=graphs, **keys), generator=torch.Generator().manual_seed(1)),
+             read[-1]) for graphs in (False, True)]
     return runs, replayed
 
 
 @pytest.mark.parametrize("self_condition", [False, True])
 @pytest.mark.parametrize("noising,full_mode,source_noise", MODES)
 @pytest.mark.parametrize("solver", SOLVERS)
-def test_replayed_steps_give_the_plain_loops_tokens_and_states(batch, denoiser, solver, noising, full_mode,
+def test_replayed_steps_give_the_plain_loops_tokens_and_states(monkeypatch, batch, denoiser, solver, noising, full_mode,
                                                                source_noise, self_condition):
     """Every solver (DDPM and DDIM with eta draw noise at every step), every noising mode (the
     conditional one draws the source's noise at every step), self-conditioning, and a clamp step
@@ -53,14 +50,14 @@ def test_replayed_steps_give_the_plain_loops_tokens_and_states(batch, denoiser, 
         denoiser = Denoiser(dataclasses.replace(denoiser.cfg, self_condition=True)).eval()
     keys = dict(solver=solver, noising=noising, full_mode=full_mode, source_noise=source_noise, clamp_step=100,
                 rounding="logits", eta=0.5 if solver == "ddim" else 0.0)
-    ((plain_tokens, plain_z), (graphed_tokens, graphed_z)), replayed = final_states(denoiser, batch, 10, **keys)
+    ((plain_tokens, plain_z), (graphed_tokens, graphed_z)), replayed = final_states(monkeypatch, denoiser, batch, 10, **keys)
     assert replayed == list(range(8, 0, -1))  # the first (9) and the last step (0) run as the plain loop runs them
     assert torch.equal(graphed_z, plain_z)
     assert torch.equal(graphed_tokens, plain_tokens)
 
 
-def test_a_decode_without_middle_steps_runs_the_plain_loop(batch, denoiser):
-    ((plain_tokens, _), (graphed_tokens, _)), replayed = final_states(denoiser, batch, 2, solver="dpm++2m")
+def test_a_decode_without_middle_steps_runs_the_plain_loop(monkeypatch, batch, denoiser):
+    ((plain_tokens, _), (graphed_tokens, _)), replayed = final_states(monkeypatch, denoiser, batch, 2, solver="dpm++2m")
     assert replayed == [] and torch.equal(graphed_tokens, plain_tokens)
 
 
