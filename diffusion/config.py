@@ -228,6 +228,15 @@ class SampleConfig:
     # and in the read-out, so no output is empty (a minimum length). A model that ends a long
     # source's target at once, all PAD or [SEP], then says at least its likeliest words. 0: DiffuSeq.
     min_target_tokens: int = 0
+    # how long each output is. `learned` (DiffuSeq): the model ends it with PAD, and a PAD rounded
+    # in inside it is a hole that decoding drops. `predicted`: fixed before the first step at the
+    # median length of the training targets whose source was as long (the checkpoint's
+    # target_lengths.json, diffusion/lengths.py); the target's [SEP] and PADs are held there and
+    # every position before them chooses among text tokens, at each rounding and in the read-out
+    target_length: Literal["learned", "predicted"] = "learned"
+    # with target_length predicted: seed i's outputs are length_offsets[i % len] tokens longer than
+    # predicted (a length beam across MBR's candidates; at least 1 token, at most the target part's room)
+    length_offsets: tuple[int, ...] = (0,)
     seeds: tuple[int, ...] = (101,)  # one candidate per seed; MBR picks among them when > 1
     batch_size: int = 64
     full_mode: Literal["conditional", "joint"] = "conditional"  # how a full-noising model samples
@@ -261,6 +270,9 @@ class SampleConfig:
                 "(the raw ones stay in the DeepSpeed state)")
         at_least(self, "max_examples", 1, optional=True)
         require(len(self.seeds) > 0, "seeds", "needs at least one seed")
+        require(len(self.length_offsets) > 0, "length_offsets", "needs at least one offset (0: the predicted length)")
+        require(self.target_length == "predicted" or self.length_offsets == (0,), "length_offsets",
+                f"is read with sample.target_length predicted only (it is {self.target_length!r})")
 
 
 @dataclass(frozen=True)

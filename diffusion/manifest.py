@@ -24,6 +24,7 @@ TRAINER_BUSY = 75  # the exit code of a trainer that found its output folder's l
 MANIFEST = "meta.json"  # written last: what makes the folder complete
 EXPORTED_MODEL = "model.pt"  # the EMA weights and the config: what sampling loads
 TOKENIZER = "tokenizer.json"
+TARGET_LENGTHS = "target_lengths.json"  # the training targets' median length by source length (diffusion.lengths)
 DEEPSPEED_TAG = "ds"  # the DeepSpeed engine's state, in a subfolder of this name
 
 

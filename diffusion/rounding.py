@@ -6,8 +6,10 @@ registered by name in ROUNDINGS.
 - soft: no token at all but the decoder's expected embedding under softmax(lm_head(z_0) / T).
 
 Every rounding lowers PAD's score by sample.pad_penalty, and one that picks tokens gives the first
-sample.min_target_tokens target positions text tokens only; the read-out (argmax of lm_head at
-the end) does the same. Importing this module needs no torch: the config's rules come from here;
+sample.min_target_tokens target positions text tokens only and, with target lengths fixed
+beforehand (sample.target_length: predicted), holds each target's [CLS], [SEP] and PADs in place
+and gives the positions between them text only; the read-out (argmax of lm_head at the end) does
+the same. Importing this module needs no torch: the config's rules come from here;
 the tensor work is sampling.py's.
 """
 
@@ -24,7 +26,8 @@ class Rounding:
     reads_temperature = False
     uses_bias = True  # scores with the decoder (lm_head's bias), not by L2 distance
 
-    def __init__(self, denoiser, sample: SampleConfig, input_mask):
+    def __init__(self, denoiser, sample: SampleConfig, input_mask, target_lengths=None):
+        from .lengths import held_layout
         from .sampling import first_target_positions, rounding_offsets
 
         self.denoiser, self.sample = denoiser, sample
@@ -33,16 +36,21 @@ class Rounding:
         k = sample.min_target_tokens
         # the positions that must hold text, at every rounding and in the read-out
         self.text_at = first_target_positions(input_mask, k) if k else None
+        # with lengths fixed beforehand: (B, L) text-only positions, and the tokens held elsewhere in the target
+        self.text, self.held = (None, None) if target_lengths is None else held_layout(input_mask, target_lengths)
         if self.picks_tokens:  # the scores' per-token offsets, once for every step
             self.offsets = rounding_offsets(self.embedding, self.bias, sample.pad_penalty)
             self.text_offsets = (rounding_offsets(self.embedding, self.bias, sample.pad_penalty, text_only=True)
-                                 if k else None)
+                                 if k or self.text is not None else None)
 
     @classmethod
     def check(cls, cfg: Config) -> None:
         s = cfg.sample
         require(not s.min_target_tokens or cls.picks_tokens, "sample.min_target_tokens",
                 "needs a rounding that picks tokens (" + " or ".join(n for n, c in ROUNDINGS.items() if c.picks_tokens)
+                + f"), not {cls.name}")
+        require(s.target_length == "learned" or cls.picks_tokens, "sample.target_length",
+                f"{s.target_length} needs a rounding that picks tokens (" + " or ".join(n for n, c in ROUNDINGS.items() if c.picks_tokens)
                 + f"), not {cls.name}")
         require(s.soft_temperature == 1 or cls.reads_temperature, "sample.soft_temperature",
                 f"is read by rounding soft only (sample.rounding is {cls.name!r})")
@@ -52,14 +60,18 @@ class Rounding:
         return self.denoiser.embed(self.tokens(predicted_z_0)).float()
 
     def tokens(self, predicted_z_0):
-        """The token of each position, with text at the first target positions where asked."""
+        """The token of each position, with text at the first target positions where asked, and
+        the fixed lengths' text and held tokens."""
         from .sampling import nearest_embedding
 
         ids = nearest_embedding(predicted_z_0, self.embedding, offsets=self.offsets)
-        if self.text_at is None:
-            return ids
-        at = predicted_z_0.gather(1, self.text_at[..., None].expand(-1, -1, predicted_z_0.shape[-1]))  # (B, k, D)
-        return ids.scatter(1, self.text_at, nearest_embedding(at, self.embedding, offsets=self.text_offsets))
+        if self.text_at is not None:
+            at = predicted_z_0.gather(1, self.text_at[..., None].expand(-1, -1, predicted_z_0.shape[-1]))  # (B, k, D)
+            ids = ids.scatter(1, self.text_at, nearest_embedding(at, self.embedding, offsets=self.text_offsets))
+        if self.text is not None:  # every row's text positions differ in number: scored in full, kept where they are
+            ids = nearest_embedding(predicted_z_0, self.embedding, offsets=self.text_offsets).where(self.text, ids)
+            ids = self.held.where(self.held >= 0, ids)
+        return ids
 
 
 class L2Rounding(Rounding):

@@ -29,6 +29,7 @@ from .checkpoint import CheckpointError, load_exported
 from .config import ConfigError, SampleConfig, checked, from_dict, to_dict
 from .data import (DataError, batch_width, build_pairs, decode_batch, width_batches, load_pairs, sequence_widths, split_sequence,
                    target_budget, tokenize_pairs, within_width)
+from .lengths import load_table, predicted_lengths, source_lengths
 from .manifest import seed_samples
 from .metrics import mbr_select
 from .model import SDPA_BACKENDS
@@ -43,9 +44,11 @@ def generate(denoiser, cfg, tokenizer, pairs: list[dict], seed: int, sample_cfg:
 
 
 def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int], sample_cfg: SampleConfig,
-                   device: torch.device, progress=None) -> list[list[dict]]:
+                   device: torch.device, progress=None, length_table: list[int] | None = None) -> list[list[dict]]:
     """One candidate per pair for each seed: a list of rows ({"src", "ref", "hyp"}, in the order of
-    `pairs`) per seed. `progress(decoded, total)` counts candidates over all seeds.
+    `pairs`) per seed. `progress(decoded, total)` counts candidates over all seeds. With
+    sample.target_length predicted, `length_table` (the checkpoint's, lengths.load_table) gives
+    each target's length, seed i's offset by sample.length_offsets[i % len].
 
     Pairs are decoded in batches of up to `batch_size` (with trimmed sequences, of one width: see
     `width_batches`; the reference is always the untrimmed target). Where a batch is smaller than
@@ -59,6 +62,14 @@ def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int]
     input_ids, input_mask = build_pairs(srcs, trgs, cfg.data.seq_len, target_budget(cfg.data))
     reference_ids, reference_mask = build_pairs(srcs, trgs, cfg.data.seq_len) if cfg.data.trim else (input_ids, input_mask)
     widths = sequence_widths(input_mask, cfg.data)
+    lengths = None
+    if sample_cfg.target_length == "predicted":
+        if length_table is None:
+            raise ValueError("sample.target_length predicted needs the checkpoint's length table")
+        room = widths - (input_mask == 0).sum(-1) - 2  # the target part's positions besides [CLS] and [SEP]
+        offsets = sample_cfg.length_offsets
+        lengths = [predicted_lengths(length_table, source_lengths(input_mask), offsets[i % len(offsets)], room)
+                   for i in range(len(seeds))]
     generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
     autocast = device.type == "cuda" and sample_cfg.weights == "fp32"  # bf16 weights need none
     hypotheses: list[dict[int, str]] = [{} for _ in seeds]
@@ -72,9 +83,11 @@ def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int]
             for first in range(0, len(seeds), together):
                 group = range(first, min(first + together, len(seeds)))
                 inside = within_width(mask, cfg.data).repeat(len(group), 1) if cfg.model.width_mask else None
+                group_lengths = None if lengths is None else torch.cat([lengths[i][batch] for i in group])
                 with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext():
                     tokens = sample_tokens(denoiser, schedule, ids.repeat(len(group), 1), mask.repeat(len(group), 1),
-                                           replace(cfg, sample=sample_cfg), [generators[i] for i in group], inside)
+                                           replace(cfg, sample=sample_cfg), [generators[i] for i in group], inside,
+                                           target_lengths=group_lengths)
                 for seed_index, seed_tokens in zip(group, tokens.cpu().split(len(batch))):
                     targets = [split_sequence(row_tokens, row_mask)[1] for row_tokens, row_mask in zip(seed_tokens, row_masks)]
                     hypotheses[seed_index].update(zip(indices, decode_batch(tokenizer, targets)))
@@ -131,11 +144,13 @@ def ready_for_sampling(denoiser, sample_cfg: SampleConfig, device: torch.device)
 
 def load_for_sampling(checkpoint: Path, overrides: dict | None, device: torch.device):
     """(config, its sample section with `overrides` ({key: value}) checked under the config's
-    rules, the denoiser ready for sampling on `device`, the tokenizer) of a checkpoint."""
+    rules, the denoiser ready for sampling on `device`, the tokenizer, the target length table
+    where sample.target_length reads it, else None) of a checkpoint."""
     cfg, denoiser, tokenizer = load_exported(checkpoint, device)
     sample_cfg = from_dict(SampleConfig, {**to_dict(cfg.sample), **(overrides or {})}, "sample")
     checked(replace(cfg, sample=sample_cfg), nested=False)
-    return cfg, sample_cfg, ready_for_sampling(denoiser, sample_cfg, device), tokenizer
+    table = load_table(checkpoint) if sample_cfg.target_length == "predicted" else None
+    return cfg, sample_cfg, ready_for_sampling(denoiser, sample_cfg, device), tokenizer, table
 
 
 def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None, cpu: bool = False,
@@ -145,11 +160,12 @@ def run(checkpoint: Path, split: Path, out: Path, overrides: dict | None = None,
 
     `progress(decoded, total)` is called after every batch, counting candidates over all seeds."""
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
-    cfg, sample_cfg, denoiser, tokenizer = load_for_sampling(checkpoint, overrides, device)
+    cfg, sample_cfg, denoiser, tokenizer, length_table = load_for_sampling(checkpoint, overrides, device)
     pairs = load_pairs(split, sample_cfg.max_examples)
     out = Path(out)
     started = time.monotonic()
-    per_seed = generate_seeds(denoiser, cfg, tokenizer, pairs, list(sample_cfg.seeds), sample_cfg, device, progress)
+    per_seed = generate_seeds(denoiser, cfg, tokenizer, pairs, list(sample_cfg.seeds), sample_cfg, device, progress,
+                              length_table)
     if len(per_seed) > 1:
         for seed, rows in zip(sample_cfg.seeds, per_seed):
             atomic.write_jsonl(seed_samples(out, seed), rows)

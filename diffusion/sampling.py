@@ -5,8 +5,9 @@ At each step t (from T-1 down to 0 over the schedule's steps, all T or a time-un
 noising mode sets the source positions of the state, the denoiser predicts z_0, from
 t >= clamp_step on the rounding replaces that prediction, and the solver moves z_t to the next
 step; the target is read out at the end as argmax of lm_head (PAD lowered by sample.pad_penalty,
-the first sample.min_target_tokens target positions text only). A self-conditioned denoiser gets
-its previous (unrounded) estimate of z_0 back at every step, zeros at the first. One step is
+the first sample.min_target_tokens target positions text only, a length fixed beforehand held:
+lengths.py). A self-conditioned denoiser gets its previous (unrounded) estimate of z_0 back at
+every step, zeros at the first. One step is
 `ReverseStep`; with sample.cuda_graphs the steps between a batch's first and last replay it from
 one CUDA graph (sample_graphs.py), with the same tokens.
 
@@ -145,13 +146,18 @@ class Noise:
         return torch.cat([self._draw(group, generator) for group, generator in groups])
 
 
-def read_out(logits: torch.Tensor, pad_penalty: float, text_at: torch.Tensor | None) -> torch.Tensor:
-    """(B, L) the tokens of the final state's logits, PAD lowered and text only where asked."""
+def read_out(logits: torch.Tensor, pad_penalty: float, text_at: torch.Tensor | None,
+             text: torch.Tensor | None = None, held: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, L) the tokens of the final state's logits, PAD lowered, text only where asked (the
+    first positions `text_at`, or the (B, L) mask `text`) and the `held` tokens (-1: none) kept."""
     if pad_penalty:
         logits[..., PAD] -= pad_penalty
     if text_at is not None:
         logits[torch.arange(len(logits), device=logits.device)[:, None], text_at, :NOT_TEXT] = -math.inf
-    return logits.argmax(-1)
+    if text is not None:
+        logits[..., :NOT_TEXT] = logits[..., :NOT_TEXT].masked_fill(text[..., None], -math.inf)
+    tokens = logits.argmax(-1)
+    return tokens if held is None else held.where(held >= 0, tokens)
 
 
 class ReverseState(NamedTuple):
@@ -169,10 +175,10 @@ class ReverseStep:
 
     def __init__(self, denoiser: Denoiser, schedule: Schedule, cfg: Config, input_mask: torch.Tensor,
                  embedding: torch.Tensor, within_width: torch.Tensor | None = None,
-                 on_step: Callable[[int, torch.Tensor], None] | None = None):
+                 on_step: Callable[[int, torch.Tensor], None] | None = None, target_lengths: torch.Tensor | None = None):
         self.denoiser, self.schedule, self.cfg = denoiser, schedule, cfg
         self.noising, self.solver = noising_mode(cfg.diffusion, cfg.sample), SOLVERS[cfg.sample.solver](cfg.sample)
-        self.rounding = ROUNDINGS[cfg.sample.rounding](denoiser, cfg.sample, input_mask)
+        self.rounding = ROUNDINGS[cfg.sample.rounding](denoiser, cfg.sample, input_mask, target_lengths)
         self.input_mask, self.embedding, self.on_step = input_mask, embedding, on_step
         self.width = {} if within_width is None else {"within_width": within_width}
 
@@ -203,15 +209,17 @@ class ReverseStep:
 def sample_tokens(denoiser: Denoiser, schedule: Schedule, input_ids: torch.Tensor, input_mask: torch.Tensor,
                   cfg: Config, generator: torch.Generator | Sequence[torch.Generator] | None = None,
                   within_width: torch.Tensor | None = None,
-                  on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+                  on_step: Callable[[int, torch.Tensor], None] | None = None,
+                  target_lengths: torch.Tensor | None = None) -> torch.Tensor:
     """(B, L) token ids sampled for a batch of encoded sequences, as cfg's diffusion and sample
     sections say; the target part is the output. `generator`: see Noise. `on_step(t, z_t)` is
     called with the state the denoiser sees at every step (for inspection; the steps then run
-    without CUDA graphs)."""
+    without CUDA graphs). `target_lengths` (B,): each target's tokens, fixed beforehand
+    (sample.target_length predicted; lengths.held_layout); None: the model's own."""
     emb = denoiser.embed(input_ids).float()  # (B, L, D), the clean embedding; the state z stays fp32
     noise = Noise(generator, len(input_ids), emb.shape[1] if within_width is None else denoiser.cfg.max_positions)
     within_width = None if within_width is None else within_width.to(emb.device)
-    reverse = ReverseStep(denoiser, schedule, cfg, input_mask, emb, within_width, on_step)
+    reverse = ReverseStep(denoiser, schedule, cfg, input_mask, emb, within_width, on_step, target_lengths)
     state = ReverseState(reverse.noising.start(noise.like(emb), emb, input_mask),
                          torch.zeros_like(emb) if denoiser.cfg.self_condition else None, None)
     steps = list(reversed(range(schedule.num_steps)))
@@ -220,5 +228,6 @@ def sample_tokens(denoiser: Denoiser, schedule: Schedule, input_ids: torch.Tenso
     else:
         for step in steps:
             state = reverse(state, step, noise.like)
-    tokens = read_out(denoiser.logits(state.z), cfg.sample.pad_penalty, reverse.rounding.text_at)
+    rounding = reverse.rounding
+    tokens = read_out(denoiser.logits(state.z), cfg.sample.pad_penalty, rounding.text_at, rounding.text, rounding.held)
     return tokens if within_width is None else tokens.masked_fill(~within_width, PAD)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from . import atomic, checkpoint, distributed, locks
+from . import atomic, checkpoint, distributed, lengths, locks
 from .batches import BatchStream
 from .manifest import DEEPSPEED_TAG, EXPORTED_MODEL, TOKENIZER, TRAIN_LOCK, TRAINER_BUSY, checkpoint_steps
 from .config import Config, ConfigError, load_config, to_dict
@@ -199,12 +199,14 @@ def stepper(run: Training, batches: BatchStream, window: LossWindow, cfg: Config
 
 
 def save_checkpoint(run: Training, batches: BatchStream, cfg: Config, data_dir: Path, ckpt_root: Path, step: int,
-                    env) -> None:
+                    env, target_lengths: list[int]) -> None:
     """Collective: the engine's state, each rank's RNG, data position and sampler, and the EMA
-    weights exported for sampling (with the config and the tokenizer)."""
+    weights exported for sampling (with the config, the tokenizer and the training targets'
+    lengths, `lengths.length_table`)."""
     def main_files(folder: Path):
         atomic.torch_save({"config": to_dict(cfg), "state_dict": exported, "step": step}, folder / EXPORTED_MODEL)
         shutil.copyfile(data_dir / TOKENIZER, folder / TOKENIZER)
+        lengths.save_table(target_lengths, folder)
 
     exported = run.ema.full_state_dict()  # collective under ZeRO-3
     rank_state = {
@@ -248,6 +250,7 @@ def _train(cfg: Config, outdir: Path, data_dir: str | Path | None, stop_after: i
     # --- build: model, objective, optimizer, engine, EMA, sampler (same init on every rank), data ---
     run = build(cfg, env)
     input_ids, input_mask = load_encoded(data_dir / "train.pt")
+    target_lengths = lengths.length_table(input_ids, input_mask)  # what a checkpoint samples lengths from
     widths = sequence_widths(input_mask, cfg.data) if cfg.data.trim else None
     batches = BatchStream(input_ids, input_mask, tc.micro_batch_size, env.rank, env.world_size, tc.seed, env.device,
                           widths)
@@ -294,7 +297,7 @@ def _train(cfg: Config, outdir: Path, data_dir: str | Path | None, stop_after: i
             remaining = tc.time_limit_s - (time.monotonic() - wall_start)
             stopped_for_time = remaining < 3 * slowest_step + 60
         if step in scheduled or step == last_step or stopped_for_time or stop.signal:
-            save_checkpoint(run, batches, cfg, data_dir, ckpt_root, step, env)
+            save_checkpoint(run, batches, cfg, data_dir, ckpt_root, step, env, target_lengths)
         if stopped_for_time or stop.signal:
             break
 

@@ -31,11 +31,13 @@ from ..sample import generate_seeds, load_for_sampling, parse_sets, select_mbr
 from .common import card_trace, device_name, sync
 
 
-def decode_round(denoiser, cfg, sample_cfg, tokenizer, pairs: list[dict], device: torch.device) -> tuple[float, list[dict]]:
+def decode_round(denoiser, cfg, sample_cfg, tokenizer, pairs: list[dict], device: torch.device,
+                 length_table: list[int] | None = None) -> tuple[float, list[dict]]:
     """(seconds, the rows diffusion.sample would write) of one decoding of `pairs`, timed to the card."""
     sync(device)
     start = time.perf_counter()
-    per_seed = generate_seeds(denoiser, cfg, tokenizer, pairs, list(sample_cfg.seeds), sample_cfg, device)
+    per_seed = generate_seeds(denoiser, cfg, tokenizer, pairs, list(sample_cfg.seeds), sample_cfg, device,
+                              length_table=length_table)
     sync(device)
     seconds = time.perf_counter() - start
     return seconds, select_mbr(per_seed) if len(per_seed) > 1 else per_seed[0]
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     try:
-        cfg, sample_cfg, denoiser, tokenizer = load_for_sampling(args.checkpoint, parse_sets(args.set), device)
+        cfg, sample_cfg, denoiser, tokenizer, length_table = load_for_sampling(args.checkpoint, parse_sets(args.set), device)
         pairs = load_pairs(args.split, sample_cfg.max_examples)
     except (CheckpointError, ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                       "attention": sample_cfg.attention, "cuda_graphs": sample_cfg.cuda_graphs}), flush=True)
 
     def run_round() -> tuple[float, list[dict]]:
-        return decode_round(denoiser, cfg, sample_cfg, tokenizer, pairs, device)
+        return decode_round(denoiser, cfg, sample_cfg, tokenizer, pairs, device, length_table)
 
     first = None
     for r in range(args.rounds):

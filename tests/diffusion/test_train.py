@@ -264,3 +264,21 @@ def test_the_graphed_step_computes_what_the_plain_step_computes(tmp_path, small_
     assert graphed_digest == plain_digest
     assert [r["loss"] for r in read_log(tmp_path / "resumed")] == [r["loss"] for r in plain_log]
     assert resumed["parameters_sha256"] == plain_digest
+
+
+def test_checkpoints_carry_the_training_targets_lengths_and_sampling_keeps_them(tmp_path, small_corpus):
+    from diffusion.data import load_encoded
+    from diffusion.lengths import length_table, load_table
+
+    run_module("diffusion.train", write_config(tmp_path / "c.yaml", budget_config(small_corpus["train"], steps=2, save_every=2)),
+               tmp_path / "run")
+    folder = tmp_path / "run/checkpoints/step_0000002"
+    assert load_table(folder) == length_table(*load_encoded(tmp_path / "run/data/train.pt"))
+    checkpoint.verify(folder)  # the manifest lists the table with the other files
+    out = tmp_path / "samples.jsonl"
+    run_module("diffusion.sample", folder, small_corpus["valid"], out, "--set", "sample.target_length=predicted",
+               "--set", "sample.seeds=[101,102]", "--set", "sample.length_offsets=[0,3]", "--set", "sample.steps=4")
+    words = {seed: [len(json.loads(line)["hyp"].split()) for line in open(manifest.seed_samples(out, seed))]
+             for seed in (101, 102)}
+    assert min(words[101]) > 0  # an untrained model's outputs have their length all the same
+    assert sum(words[102]) > sum(words[101])  # three tokens longer each

@@ -65,6 +65,7 @@ def test_every_spec_key_is_read_by_the_code_that_runs_a_study(tmp_path, reads, m
     from diffusion import distributed
     from diffusion.sample import generate_seeds, ready_for_sampling
     from diffusion.checkpoint import load_exported
+    from diffusion.lengths import load_table
     from diffusion.train import train as run_trainer
     from pipeline.advance import advance
     from pipeline.backends import NAMES, backend
@@ -114,11 +115,12 @@ def test_every_spec_key_is_read_by_the_code_that_runs_a_study(tmp_path, reads, m
     pairs = [{"src": "how do i learn python ?", "trg": "how can i learn python ?"}] * 2
     for keys in ({"noising": "full", "source_noise": 0.5, "solver": "ddim", "eta": 0.5, "rounding": "soft",
                   "soft_temperature": 0.7}, {"noising": "full", "full_mode": "joint", "solver": "dpm++2m",
-                                             "rounding": "logits", "pad_penalty": 1.0, "min_target_tokens": 1}):
+                                             "rounding": "logits", "pad_penalty": 1.0, "min_target_tokens": 1,
+                                             "target_length": "predicted", "length_offsets": [0, 1]}):
         decode = decoding(steps=3, **keys)
         run_cfg = dataclasses.replace(cfg, diffusion=decode.diffusion)
         generate_seeds(ready_for_sampling(denoiser, decode.sample, torch.device("cpu")), run_cfg, tokenizer, pairs,
-                       [1], decode.sample, torch.device("cpu"))
+                       [1], decode.sample, torch.device("cpu"), length_table=load_table(layout.checkpoint(4)))
 
     # each scheduler backend builds each stage's jobs from the site and the resources
     monkeypatch.setenv("PATH", f"{REPO / 'tests/pipeline/fake_slurm'}:{REPO / 'tests/pipeline/pjm_standins'}:"
