@@ -18,7 +18,7 @@ from helpers import decoding
 MODES = [("target", "conditional", 1.0), ("full", "conditional", 1.0), ("full", "joint", 1.0), ("full", "conditional", 0.3)]
 
 
-def final_states(monkeypatch, denoiser, batch, steps, **keys):
+def final_states(monkeypatch, denoiser, batch, steps, target_lengths=None, **keys):
     """(tokens, the final z read out) of a decoding with graphs off and on, and the steps replayed."""
     ids, mask = batch
     read = []
@@ -32,7 +32,8 @@ def final_states(monkeypatch, denoiser, batch, steps, **keys):
 
     monkeypatch.setattr(sample_graphs.GraphedStep, "__call__", counting)
     runs = [(sample_tokens(denoiser, Schedule.named("sqrt", 200).respaced(steps), ids, mask,
-                           decoding(cuda_graphs=graphs, **keys), generator=torch.Generator().manual_seed(1)),
+                           decoding(cuda_graphs=graphs, **keys), generator=torch.Generator().manual_seed(1),
+                           target_lengths=target_lengths),
              read[-1]) for graphs in (False, True)]
     return runs, replayed
 
@@ -54,6 +55,15 @@ def test_replayed_steps_give_the_plain_loops_tokens_and_states(monkeypatch, batc
     assert replayed == list(range(8, 0, -1))  # the first (9) and the last step (0) run as the plain loop runs them
     assert torch.equal(graphed_z, plain_z)
     assert torch.equal(graphed_tokens, plain_tokens)
+
+
+def test_replayed_steps_hold_predicted_lengths_as_the_plain_loop_does(monkeypatch, batch, denoiser):
+    lengths = torch.tensor([1, 4, 7, 12])  # the target part (14 positions) full at 12
+    ((plain_tokens, plain_z), (graphed_tokens, graphed_z)), replayed = final_states(
+        monkeypatch, denoiser, batch, 10, lengths, solver="dpm++2m", rounding="logits", target_length="predicted")
+    assert replayed == list(range(8, 0, -1))
+    assert torch.equal(graphed_z, plain_z) and torch.equal(graphed_tokens, plain_tokens)
+    assert (graphed_tokens[torch.arange(4), 11 + lengths] == 3).all()  # [SEP] where each length puts it
 
 
 def test_a_decode_without_middle_steps_runs_the_plain_loop(monkeypatch, batch, denoiser):
