@@ -46,12 +46,11 @@ class Rounding:
     @classmethod
     def check(cls, cfg: Config) -> None:
         s = cfg.sample
+        picking = " or ".join(n for n, c in ROUNDINGS.items() if c.picks_tokens)
         require(not s.min_target_tokens or cls.picks_tokens, "sample.min_target_tokens",
-                "needs a rounding that picks tokens (" + " or ".join(n for n, c in ROUNDINGS.items() if c.picks_tokens)
-                + f"), not {cls.name}")
+                f"needs a rounding that picks tokens ({picking}), not {cls.name}")
         require(s.target_length == "learned" or cls.picks_tokens, "sample.target_length",
-                f"{s.target_length} needs a rounding that picks tokens (" + " or ".join(n for n, c in ROUNDINGS.items() if c.picks_tokens)
-                + f"), not {cls.name}")
+                f"{s.target_length} needs a rounding that picks tokens ({picking}), not {cls.name}")
         require(s.soft_temperature == 1 or cls.reads_temperature, "sample.soft_temperature",
                 f"is read by rounding soft only (sample.rounding is {cls.name!r})")
 
