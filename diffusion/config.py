@@ -139,6 +139,11 @@ class DiffusionConfig:
     # full noising); towards 0 the source stays nearly clean, as under target noising, while it is
     # still reconstructed by the loss. Joint sampling needs 1 (it denoises both at one level).
     source_noise: float = 1.0
+    # each target's end, its [SEP] and the PADs after it, stays clean in training as the source
+    # does under target noising: the model is told how long the target is and learns to write
+    # exactly that many tokens. Sampling then fixes every length beforehand and holds that end
+    # clean (sample.target_length: predicted). false: DiffuSeq, the model places PAD itself
+    clean_target_end: bool = False
 
     def check(self) -> None:
         at_least(self, "steps", 1)
@@ -301,6 +306,9 @@ class Config:
                 "needs data.trim: untrimmed, every sequence is seq_len wide and there is no padding past it to mask")
         require(s.attention != "flash" or not self.model.width_mask, "sample.attention",
                 "flash attention takes no mask, and model.width_mask masks each sequence's padding (try efficient)")
+        require(not self.diffusion.clean_target_end or s.target_length == "predicted", "diffusion.clean_target_end",
+                "needs sample.target_length: predicted: a model told each target's length samples with lengths "
+                f"fixed beforehand (sample.target_length is {s.target_length!r})")
         for chosen in (NOISING[self.diffusion.noising], SOLVERS[s.solver], ROUNDINGS[s.rounding]):
             chosen.check(self)
 

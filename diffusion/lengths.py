@@ -4,7 +4,8 @@ DiffuSeq lets the model end a target with PAD. A position whose estimate is unsu
 PAD, the likeliest token of the target part's tail, so its word drops out of the decoded text: the
 budget recipe's outputs came out a quarter shorter than the references, and the shortfall grew
 with the source (QUALITY.md). A length fixed beforehand holds the target's [SEP] and PADs in place
-and lets the positions before them hold text only.
+and lets the positions before them hold text only. A model trained with that end clean
+(diffusion.clean_target_end) is told the length outright, at every noise level.
 
 The length a source of n tokens gets is the median target length of the training pairs whose
 source has n tokens (as the trainer saw them, trimmed): a table the trainer writes into every
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from . import atomic
-from .data import PAD
+from .data import CLS, PAD, SEP
 from .manifest import TARGET_LENGTHS, CheckpointError
 
 
@@ -72,17 +74,30 @@ def predicted_lengths(table: list[int], sources: torch.Tensor, offset: int, room
     return torch.minimum(entries + offset, room).clamp(min=1)
 
 
-def held_layout(input_mask: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(text, held), (B, L) each, for targets of `lengths` (B,) tokens: `text` marks the positions
-    that choose text tokens only (the `lengths` positions after the target's [CLS]); `held` is the
-    token held at each of the other target positions ([CLS], then [SEP], then PAD to the end) and
-    -1 where the choice is the sampler's (the source and the text positions)."""
-    from .data import CLS, SEP
+def target_end(input_ids: torch.Tensor, input_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: each target's end, its [SEP] and the PADs after it (diffusion.clean_target_end)."""
+    return (input_mask == 1) & ((input_ids == SEP) | (input_ids == PAD))
 
+
+class HeldLayout(NamedTuple):
+    """Where targets of lengths fixed beforehand have text and what they hold elsewhere, (B, L) each."""
+
+    text: torch.Tensor  # bool: the positions that choose text tokens only
+    held: torch.Tensor  # the token held at each other target position, -1 where the sampler chooses
+
+    @property
+    def end(self) -> torch.Tensor:
+        """(B, L) bool: each target's end, its [SEP] and the PADs after it (`target_end`'s positions)."""
+        return (self.held == SEP) | (self.held == PAD)
+
+
+def held_layout(input_mask: torch.Tensor, lengths: torch.Tensor) -> HeldLayout:
+    """The layout of targets of `lengths` (B,) tokens: text at the `lengths` positions after each
+    target's [CLS]; [CLS], then [SEP], then PAD to the end held; the source the sampler's."""
     positions = torch.arange(input_mask.shape[-1], device=input_mask.device)
     target_cls = (input_mask == 0).sum(-1, keepdim=True)
     last_text = target_cls + lengths.to(input_mask.device)[:, None]
     text = (positions > target_cls) & (positions <= last_text)
     held = torch.full_like(input_mask, -1)
     held = held.masked_fill(positions == target_cls, CLS).masked_fill(positions == last_text + 1, SEP)
-    return text, held.masked_fill(positions > last_text + 1, PAD)
+    return HeldLayout(text, held.masked_fill(positions > last_text + 1, PAD))

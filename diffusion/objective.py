@@ -1,5 +1,6 @@
 """DiffuSeq's training objective, for every noising mode (noising.py says what each does to the
-source positions of z_t). In all, the loss covers every position:
+source positions of z_t; with diffusion.clean_target_end each target's [SEP] and PADs stay clean
+too). In all, the loss covers every position:
 
     loss = mse(z_0, f(z_t, t))  (at t = 0 against the embedding itself)
          + decoder_nll          (cross-entropy of lm_head(z_0): keeps embeddings decodable)
@@ -23,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import DiffusionConfig
+from .lengths import target_end
 from .model import Denoiser
 from .noising import noising_mode
 from .schedule import Schedule
@@ -59,6 +61,7 @@ class DiffusionObjective(nn.Module):
         self.noising = noising_mode(diffusion)
         self.rescale_timesteps = diffusion.rescale_timesteps
         self.anchor_loss = diffusion.anchor_loss
+        self.clean_target_end = diffusion.clean_target_end
         self.dynamic_length = dynamic_length  # trimmed batches: one compiled graph for every width
         self.within_width = within_width  # input_mask -> (B, L) bool of each sequence's own positions, or None
         # autocast is entered here, inside the module: DeepSpeed's engine.forward turns off an
@@ -78,6 +81,8 @@ class DiffusionObjective(nn.Module):
         z_0 = emb + s.gather("sqrt_one_minus_alphas_cumprod", zeros, emb.ndim) * randn_like(emb)
         noise = randn_like(z_0)
         z_t = self.noising.training_z_t(s, z_0, s.q_sample(z_0, t, noise), t, noise, input_mask)
+        if self.clean_target_end:  # the target's [SEP] and PADs as clean as a source: its length told
+            z_t = torch.where(target_end(input_ids, input_mask)[..., None], z_0, z_t)
         return emb, z_0, z_t
 
     def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:

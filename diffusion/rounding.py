@@ -26,8 +26,7 @@ class Rounding:
     reads_temperature = False
     uses_bias = True  # scores with the decoder (lm_head's bias), not by L2 distance
 
-    def __init__(self, denoiser, sample: SampleConfig, input_mask, target_lengths=None):
-        from .lengths import held_layout
+    def __init__(self, denoiser, sample: SampleConfig, input_mask, layout=None):
         from .sampling import first_target_positions, rounding_offsets
 
         self.denoiser, self.sample = denoiser, sample
@@ -36,8 +35,9 @@ class Rounding:
         k = sample.min_target_tokens
         # the positions that must hold text, at every rounding and in the read-out
         self.text_at = first_target_positions(input_mask, k) if k else None
-        # with lengths fixed beforehand: (B, L) text-only positions, and the tokens held elsewhere in the target
-        self.text, self.held = (None, None) if target_lengths is None else held_layout(input_mask, target_lengths)
+        # with lengths fixed beforehand (a lengths.HeldLayout): (B, L) text-only positions, and the
+        # tokens held elsewhere in the target
+        self.text, self.held = (None, None) if layout is None else layout
         if self.picks_tokens:  # the scores' per-token offsets, once for every step
             self.offsets = rounding_offsets(self.embedding, self.bias, sample.pad_penalty)
             self.text_offsets = (rounding_offsets(self.embedding, self.bias, sample.pad_penalty, text_only=True)

@@ -6,8 +6,9 @@ noising mode sets the source positions of the state, the denoiser predicts z_0, 
 t >= clamp_step on the rounding replaces that prediction, and the solver moves z_t to the next
 step; the target is read out at the end as argmax of lm_head (PAD lowered by sample.pad_penalty,
 the first sample.min_target_tokens target positions text only, a length fixed beforehand held:
-lengths.py). A self-conditioned denoiser gets its previous (unrounded) estimate of z_0 back at
-every step, zeros at the first. One step is
+lengths.py; a model trained with its targets' ends clean, diffusion.clean_target_end, sees them
+clean at every step too). A self-conditioned denoiser gets its previous (unrounded) estimate of
+z_0 back at every step, zeros at the first. One step is
 `ReverseStep`; with sample.cuda_graphs the steps between a batch's first and last replay it from
 one CUDA graph (sample_graphs.py), with the same tokens.
 
@@ -29,6 +30,7 @@ import torch
 
 from .config import Config
 from .data import PAD, SPECIAL_TOKENS
+from .lengths import HeldLayout, held_layout
 from .model import Denoiser
 from .noising import noising_mode
 from .rounding import ROUNDINGS
@@ -175,12 +177,21 @@ class ReverseStep:
 
     def __init__(self, denoiser: Denoiser, schedule: Schedule, cfg: Config, input_mask: torch.Tensor,
                  embedding: torch.Tensor, within_width: torch.Tensor | None = None,
-                 on_step: Callable[[int, torch.Tensor], None] | None = None, target_lengths: torch.Tensor | None = None):
+                 on_step: Callable[[int, torch.Tensor], None] | None = None, layout: HeldLayout | None = None):
         self.denoiser, self.schedule, self.cfg = denoiser, schedule, cfg
         self.noising, self.solver = noising_mode(cfg.diffusion, cfg.sample), SOLVERS[cfg.sample.solver](cfg.sample)
-        self.rounding = ROUNDINGS[cfg.sample.rounding](denoiser, cfg.sample, input_mask, target_lengths)
+        self.rounding = ROUNDINGS[cfg.sample.rounding](denoiser, cfg.sample, input_mask, layout)
         self.input_mask, self.embedding, self.on_step = input_mask, embedding, on_step
         self.width = {} if within_width is None else {"within_width": within_width}
+        self.clean_end = None  # diffusion.clean_target_end: (B, L, 1), where the state stays the clean embedding
+        if cfg.diffusion.clean_target_end:
+            if layout is None:
+                raise ValueError("diffusion.clean_target_end: the targets' lengths must be fixed beforehand")
+            self.clean_end = layout.end[..., None]
+
+    def hold_end(self, z: torch.Tensor) -> torch.Tensor:
+        """z with each target's end clean, as the model trained with diffusion.clean_target_end saw it."""
+        return z if self.clean_end is None else self.embedding.where(self.clean_end, z)
 
     def rounds(self, step: int) -> bool:
         """Whether the step's estimate is rounded (from t >= sample.clamp_step on)."""
@@ -202,7 +213,8 @@ class ReverseStep:
         if self.rounds(step):
             predicted_z_0 = self.rounding(predicted_z_0)
         z, history = self.solver.step(self.schedule, z, predicted_z_0, state.history, step, randn_like, coefficients)
-        return ReverseState(self.noising.after_step(z, self.embedding, self.input_mask), previous_z_0, history)
+        return ReverseState(self.hold_end(self.noising.after_step(z, self.embedding, self.input_mask)), previous_z_0,
+                            history)
 
 
 @torch.no_grad()
@@ -216,11 +228,14 @@ def sample_tokens(denoiser: Denoiser, schedule: Schedule, input_ids: torch.Tenso
     called with the state the denoiser sees at every step (for inspection; the steps then run
     without CUDA graphs). `target_lengths` (B,): each target's tokens, fixed beforehand
     (sample.target_length predicted; lengths.held_layout); None: the model's own."""
+    layout = None if target_lengths is None else held_layout(input_mask, target_lengths)
+    if layout is not None:  # the target's end as the sampler holds it (a clean end is embedded from these)
+        input_ids = layout.held.where(layout.held >= 0, input_ids)
     emb = denoiser.embed(input_ids).float()  # (B, L, D), the clean embedding; the state z stays fp32
     noise = Noise(generator, len(input_ids), emb.shape[1] if within_width is None else denoiser.cfg.max_positions)
     within_width = None if within_width is None else within_width.to(emb.device)
-    reverse = ReverseStep(denoiser, schedule, cfg, input_mask, emb, within_width, on_step, target_lengths)
-    state = ReverseState(reverse.noising.start(noise.like(emb), emb, input_mask),
+    reverse = ReverseStep(denoiser, schedule, cfg, input_mask, emb, within_width, on_step, layout)
+    state = ReverseState(reverse.hold_end(reverse.noising.start(noise.like(emb), emb, input_mask)),
                          torch.zeros_like(emb) if denoiser.cfg.self_condition else None, None)
     steps = list(reversed(range(schedule.num_steps)))
     if cfg.sample.cuda_graphs and on_step is None and len(steps) >= REPLAYED_FROM:

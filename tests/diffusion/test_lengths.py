@@ -97,3 +97,59 @@ def test_the_table_travels_in_a_checkpoint_and_an_old_checkpoint_is_named(tmp_pa
 def test_length_keys_that_would_do_nothing_are_refused(keys, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         decoding(**keys)
+
+
+def ended_batch():
+    """small_batch's six sequences with real target ends: [CLS], 1-6 tokens, [SEP], PAD to 24."""
+    ids, mask = small_batch()
+    for row, n in enumerate(range(1, 7)):
+        ids[row, 10] = CLS
+        ids[row, 11 + n] = SEP
+        ids[row, 12 + n:] = PAD
+    return ids, mask
+
+
+def test_a_clean_target_end_keeps_sep_and_pads_as_clean_as_the_source_in_training():
+    from diffusion.config import DiffusionConfig
+    from diffusion.lengths import target_end
+    from diffusion.objective import DiffusionObjective
+
+    ids, mask = ended_batch()
+    end = target_end(ids, mask)
+    assert end.sum(-1).tolist() == [12, 11, 10, 9, 8, 7]  # [SEP] and the PADs after it
+    t = torch.full((6,), 40)
+    noised = {}
+    for clean in (False, True):
+        torch.manual_seed(3)
+        objective = DiffusionObjective(tiny_denoiser(), Schedule.named("sqrt", 50), DiffusionConfig(clean_target_end=clean))
+        noised[clean] = objective.noised(ids, mask, t)
+    (_, z_0, plain), (_, same_z_0, held) = noised[False], noised[True]
+    assert torch.equal(z_0, same_z_0)
+    assert torch.equal(held[end], z_0[end]) and not torch.allclose(plain[end], z_0[end])
+    assert torch.equal(held[~end], plain[~end])  # the source and the target's text as before
+
+
+def test_a_model_told_its_lengths_sees_the_target_end_clean_at_every_step():
+    denoiser = tiny_denoiser()
+    ids, mask = small_batch()
+    lengths = torch.tensor([1, 2, 3, 4, 5, 6])
+    cfg = decoding(rounding="logits", solver="dpm++2m", target_length="predicted", clean_target_end=True)
+    seen = []
+    tokens = sample_tokens(denoiser, Schedule.named("sqrt", 6), ids, mask, cfg, generator=torch.Generator().manual_seed(0),
+                           on_step=lambda step, z: seen.append(z.clone()), target_lengths=lengths)
+    text, held = held_layout(mask, lengths)
+    end = (held == SEP) | (held == PAD)
+    clean = denoiser.embed(held.clamp(min=0)).float()
+    assert len(seen) == 6
+    for z in seen:
+        assert torch.equal(z[end], clean[end])
+        assert not torch.allclose(z[text], clean[text])  # the text positions are the sampler's
+    assert torch.equal(tokens[end], held[end])
+
+
+def test_a_model_told_its_lengths_samples_with_lengths_fixed_beforehand():
+    with pytest.raises(ConfigError, match=r"diffusion\.clean_target_end.*sample\.target_length: predicted"):
+        decoding(clean_target_end=True)
+    with pytest.raises(ValueError, match="fixed beforehand"):
+        sample_tokens(tiny_denoiser(), Schedule.named("sqrt", 4), *small_batch(),
+                      decoding(clean_target_end=True, target_length="predicted"))

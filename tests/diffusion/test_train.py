@@ -282,3 +282,20 @@ def test_checkpoints_carry_the_training_targets_lengths_and_sampling_keeps_them(
              for seed in (101, 102)}
     assert min(words[101]) > 0  # an untrained model's outputs have their length all the same
     assert sum(words[102]) > sum(words[101])  # three tokens longer each
+
+
+def test_a_model_told_its_target_lengths_trains_and_samples_them(tmp_path, small_corpus):
+    cfg = budget_config(small_corpus["train"], steps=2, save_every=2, cuda_graphs=True, zero_stage=0, batch_size=16,
+                        micro_batch_size=16)
+    cfg["diffusion"]["clean_target_end"] = True
+    cfg["sample"].update(target_length="predicted", steps=4)
+    run_module("diffusion.train", write_config(tmp_path / "c.yaml", cfg), tmp_path / "run")
+    out = tmp_path / "samples.jsonl"
+    run_module("diffusion.sample", tmp_path / "run/checkpoints/step_0000002", small_corpus["valid"], out)
+    rows = [json.loads(line) for line in open(out)]
+    assert len(rows) == 20 and all(row["hyp"] for row in rows)
+    # the checkpoint remembers that its model is told the lengths: learned lengths are refused
+    failed = subprocess.run([sys.executable, "-m", "diffusion.sample", str(tmp_path / "run/checkpoints/step_0000002"),
+                             str(small_corpus["valid"]), str(tmp_path / "x.jsonl"), "--set", "sample.target_length=learned"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert failed.returncode == 2 and "diffusion.clean_target_end" in failed.stderr
