@@ -74,9 +74,15 @@ def predicted_lengths(table: list[int], sources: torch.Tensor, offset: int, room
     return torch.minimum(entries + offset, room).clamp(min=1)
 
 
+def ends_a_target(ids: torch.Tensor) -> torch.Tensor:
+    """Whether each token is one of a target's end: its [SEP] or a PAD after it (a target's own
+    tokens are text, its [CLS] comes first)."""
+    return (ids == SEP) | (ids == PAD)
+
+
 def target_end(input_ids: torch.Tensor, input_mask: torch.Tensor) -> torch.Tensor:
     """(B, L) bool: each target's end, its [SEP] and the PADs after it (diffusion.clean_target_end)."""
-    return (input_mask == 1) & ((input_ids == SEP) | (input_ids == PAD))
+    return (input_mask == 1) & ends_a_target(input_ids)
 
 
 class HeldLayout(NamedTuple):
@@ -88,7 +94,7 @@ class HeldLayout(NamedTuple):
     @property
     def end(self) -> torch.Tensor:
         """(B, L) bool: each target's end, its [SEP] and the PADs after it (`target_end`'s positions)."""
-        return (self.held == SEP) | (self.held == PAD)
+        return ends_a_target(self.held)
 
 
 def held_layout(input_mask: torch.Tensor, lengths: torch.Tensor) -> HeldLayout:
