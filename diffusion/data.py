@@ -113,14 +113,20 @@ def target_budget(cfg) -> Callable | None:
     return budget
 
 
+def source_part(input_mask: torch.Tensor) -> torch.Tensor:
+    """(...,) positions of each encoded sequence's source part, `[CLS] x [SEP] [SEP]` (3 + the
+    source's tokens): its mask-0 prefix, so also the position of the target's [CLS]."""
+    return (input_mask == 0).sum(-1)
+
+
 def sequence_widths(input_mask: torch.Tensor, cfg) -> torch.Tensor:
     """(N,) width of each encoded sequence (N, L; L may be a batch's cut of seq_len): its source
     part plus its target budget, capped at cfg.seq_len; seq_len for every sequence when `cfg.trim`
     is off. `cfg` is a DataConfig. On the tensor's device, without a host sync."""
     if not cfg.trim:
         return torch.full(input_mask.shape[:-1], cfg.seq_len, dtype=torch.long, device=input_mask.device)
-    source_part = (input_mask == 0).sum(-1)  # [CLS] x [SEP] [SEP]: 3 + the source's tokens
-    return (source_part + target_budget(cfg)(source_part - 3)).clamp(max=cfg.seq_len)
+    source = source_part(input_mask)
+    return (source + target_budget(cfg)(source - 3)).clamp(max=cfg.seq_len)
 
 
 def within_width(input_mask: torch.Tensor, cfg) -> torch.Tensor:

@@ -21,13 +21,13 @@ from typing import NamedTuple
 import torch
 
 from . import atomic
-from .data import CLS, PAD, SEP
+from .data import CLS, PAD, SEP, source_part
 from .manifest import TARGET_LENGTHS, CheckpointError
 
 
 def source_lengths(input_mask: torch.Tensor) -> torch.Tensor:
     """(N,) the source's tokens in each encoded sequence: its mask-0 part less [CLS] x [SEP] [SEP]'s three."""
-    return (input_mask == 0).sum(-1) - 3
+    return source_part(input_mask) - 3
 
 
 def target_lengths(input_ids: torch.Tensor, input_mask: torch.Tensor) -> torch.Tensor:
@@ -101,7 +101,7 @@ def held_layout(input_mask: torch.Tensor, lengths: torch.Tensor) -> HeldLayout:
     """The layout of targets of `lengths` (B,) tokens: text at the `lengths` positions after each
     target's [CLS]; [CLS], then [SEP], then PAD to the end held; the source the sampler's."""
     positions = torch.arange(input_mask.shape[-1], device=input_mask.device)
-    target_cls = (input_mask == 0).sum(-1, keepdim=True)
+    target_cls = source_part(input_mask)[:, None]
     last_text = target_cls + lengths.to(input_mask.device)[:, None]
     text = (positions > target_cls) & (positions <= last_text)
     held = torch.full_like(input_mask, -1)

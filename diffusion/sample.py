@@ -28,7 +28,7 @@ from . import atomic
 from .checkpoint import CheckpointError, load_exported
 from .config import ConfigError, SampleConfig, checked, from_dict, to_dict
 from .data import (DataError, batch_width, build_pairs, decode_batch, width_batches, load_pairs, sequence_widths, split_sequence,
-                   target_budget, tokenize_pairs, within_width)
+                   source_part, target_budget, tokenize_pairs, within_width)
 from .lengths import load_table, predicted_lengths, source_lengths
 from .manifest import seed_samples
 from .metrics import mbr_select
@@ -66,7 +66,7 @@ def generate_seeds(denoiser, cfg, tokenizer, pairs: list[dict], seeds: list[int]
     if sample_cfg.target_length == "predicted":
         if length_table is None:
             raise ValueError("sample.target_length predicted needs the checkpoint's length table")
-        room = widths - (input_mask == 0).sum(-1) - 2  # the target part's positions besides [CLS] and [SEP]
+        room = widths - source_part(input_mask) - 2  # the target part's positions besides [CLS] and [SEP]
         offsets = sample_cfg.length_offsets
         lengths = [predicted_lengths(length_table, source_lengths(input_mask), offsets[i % len(offsets)], room)
                    for i in range(len(seeds))]

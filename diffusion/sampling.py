@@ -29,7 +29,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 
 from .config import Config
-from .data import PAD, SPECIAL_TOKENS
+from .data import PAD, SPECIAL_TOKENS, source_part
 from .lengths import HeldLayout, held_layout
 from .model import Denoiser
 from .noising import noising_mode
@@ -110,7 +110,7 @@ def soft_embedding(z: torch.Tensor, embedding: torch.Tensor, bias: torch.Tensor,
 def first_target_positions(input_mask: torch.Tensor, count: int) -> torch.Tensor:
     """(B, count) the positions right after each sequence's target [CLS] (the first mask-1
     position; the source part before it is mask 0)."""
-    target_cls = (input_mask == 0).sum(-1, keepdim=True)
+    target_cls = source_part(input_mask)[:, None]
     positions = target_cls + 1 + torch.arange(count, device=input_mask.device)
     return positions.clamp(max=input_mask.shape[-1] - 1)
 
