@@ -144,10 +144,17 @@ class DiffusionConfig:
     # exactly that many tokens. Sampling then fixes every length beforehand and holds that end
     # clean (sample.target_length: predicted). false: DiffuSeq, the model places PAD itself
     clean_target_end: bool = False
+    # DiffuSeq-v2's discrete noise (its soft absorbing state): in training, each noised target
+    # position of z_t is replaced by one learned vector with probability absorb_rate *
+    # sqrt(1 - abar_t), so the denoiser also learns to fill in positions that carry nothing, as a
+    # masked language model does. The Gaussian process and every solver stay DiffuSeq's (v2 also
+    # centres the noise on that vector); sampling never absorbs. 0: DiffuSeq; v2 trains QQP at 0.5
+    absorb_rate: float = 0.0
 
     def check(self) -> None:
         at_least(self, "steps", 1)
         at_least(self, "anchor_loss", 0)
+        require(0 <= self.absorb_rate <= 1, "absorb_rate", f"must be in [0, 1], got {self.absorb_rate}")
         require(0 <= self.source_noise <= 1, "source_noise", f"must be in [0, 1], got {self.source_noise}")
 
 

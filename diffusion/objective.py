@@ -7,6 +7,10 @@ too). In all, the loss covers every position:
          + tT_loss              (|sqrt(abar_T) z_0|^2: the prior at T is N(0, I))
          [+ anchor_loss * anchor (cross-entropy of lm_head(f(z_t, t)) at the noised positions)]
 
+With diffusion.absorb_rate (DiffuSeq-v2's discrete noise), some noised target positions of z_t
+hold one learned absorbing vector instead, the more often the noisier t; noised() leaves them out,
+so the diagnostics see z_t as sampling does.
+
 With self-conditioning, f also sees its own estimate of z_0 from a first pass without gradient,
 in half of the examples (zeros in the others, as at the first reverse step). Besides the loss
 terms, forward() returns the mse split into source and target positions, for the logs: under
@@ -62,6 +66,10 @@ class DiffusionObjective(nn.Module):
         self.rescale_timesteps = diffusion.rescale_timesteps
         self.anchor_loss = diffusion.anchor_loss
         self.clean_target_end = diffusion.clean_target_end
+        self.absorb_rate = diffusion.absorb_rate
+        if self.absorb_rate > 0:  # a parameter only where used: DiffuSeq's checkpoints keep their names
+            dim = denoiser.cfg.embed_dim
+            self.absorbing = nn.Parameter(torch.randn(dim) * dim**-0.5)  # an embedding's scale, as v2
         self.dynamic_length = dynamic_length  # trimmed batches: one compiled graph for every width
         self.within_width = within_width  # input_mask -> (B, L) bool of each sequence's own positions, or None
         # autocast is entered here, inside the module: DeepSpeed's engine.forward turns off an
@@ -85,6 +93,15 @@ class DiffusionObjective(nn.Module):
             z_t = torch.where(target_end(input_ids, input_mask)[..., None], z_0, z_t)
         return emb, z_0, z_t
 
+    def absorbed(self, z_t: torch.Tensor, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor):
+        """z_t with each noised target position replaced by the absorbing vector with probability
+        absorb_rate * sqrt(1 - abar_t): the source, and a told target's end, stay as they are."""
+        chance = self.absorb_rate * self.schedule.gather("sqrt_one_minus_alphas_cumprod", t, 2)  # (B, 1)
+        hit = (torch.rand(input_ids.shape, device=input_ids.device) < chance) & (input_mask == 1)
+        if self.clean_target_end:
+            hit = hit & ~target_end(input_ids, input_mask)
+        return torch.where(hit[..., None], self.absorbing.to(z_t.dtype), z_t)
+
     def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._compiled is not None:
             self.schedule.cache_on(input_ids.device)
@@ -102,6 +119,8 @@ class DiffusionObjective(nn.Module):
     def loss_terms(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         s = self.schedule
         emb, z_0, z_t = self.noised(input_ids, input_mask, t)
+        if self.absorb_rate > 0:
+            z_t = self.absorbed(z_t, input_ids, input_mask, t)
         model_t = s.model_timesteps(t, self.rescale_timesteps)
         valid = None if self.within_width is None else self.within_width(input_mask)
         width = {} if valid is None else {"within_width": valid}

@@ -18,6 +18,7 @@ GOOD = {"data": {"synthetic_pairs": 100, "seq_len": 32}, "model": {"max_position
     ("train", {"batch_size": 5}, "train.batch_size", "not a multiple"),
     ("data", {"seq_len": 6}, "data.seq_len", "at least 7"),
     ("diffusion", {"source_noise": 0.5}, "diffusion.source_noise", "full noising only"),
+    ("diffusion", {"absorb_rate": 1.5}, "diffusion.absorb_rate", r"in \[0, 1\]"),
     ("model", {"width_mask": True}, "model.width_mask", "needs data.trim"),  # a rule between sections
 ])
 def test_a_section_checks_its_values_and_config_the_rules_between_them(tmp_path, section, values, key, words):
