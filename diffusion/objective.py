@@ -8,8 +8,8 @@ too). In all, the loss covers every position:
          [+ anchor_loss * anchor (cross-entropy of lm_head(f(z_t, t)) at the noised positions)]
 
 With diffusion.absorb_rate (DiffuSeq-v2's discrete noise), some noised target positions of z_t
-hold one learned absorbing vector instead, the more often the noisier t; noised() leaves them out,
-so the diagnostics see z_t as sampling does.
+hold one learned absorbing vector instead, the more often the noisier t; only training asks
+noised() for them, so the diagnostics see z_t as sampling does.
 
 With self-conditioning, f also sees its own estimate of z_0 from a first pass without gradient,
 in half of the examples (zeros in the others, as at the first reverse step). Besides the loss
@@ -80,26 +80,29 @@ class DiffusionObjective(nn.Module):
         # not a submodule, so the state dict keeps its names
         self._compiled = torch.compile(self.autocast_loss_terms, options=COMPILE_OPTIONS) if compile else None
 
-    def noised(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor, randn_like=torch.randn_like):
+    def noised(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor, randn_like=torch.randn_like,
+               absorb: bool = False):
         """(embedding, z_0, z_t) of a batch, each (B, L, D), under this noising mode (`randn_like`:
-        where the noise comes from, e.g. a seeded generator)."""
+        where the noise comes from, e.g. a seeded generator; `absorb`: with diffusion.absorb_rate's
+        absorbing vector, as training sees z_t)."""
         s = self.schedule
         emb = self.denoiser.embed(input_ids)
         zeros = torch.zeros_like(t)
         z_0 = emb + s.gather("sqrt_one_minus_alphas_cumprod", zeros, emb.ndim) * randn_like(emb)
         noise = randn_like(z_0)
         z_t = self.noising.training_z_t(s, z_0, s.q_sample(z_0, t, noise), t, noise, input_mask)
+        if absorb and self.absorb_rate > 0:
+            z_t = self.absorbed(z_t, input_mask, t)
         if self.clean_target_end:  # the target's [SEP] and PADs as clean as a source: its length told
             z_t = torch.where(target_end(input_ids, input_mask)[..., None], z_0, z_t)
         return emb, z_0, z_t
 
-    def absorbed(self, z_t: torch.Tensor, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor):
-        """z_t with each noised target position replaced by the absorbing vector with probability
-        absorb_rate * sqrt(1 - abar_t): the source, and a told target's end, stay as they are."""
+    def absorbed(self, z_t: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor):
+        """z_t with each target position replaced by the absorbing vector with probability
+        absorb_rate * sqrt(1 - abar_t); the source stays as it is (and noised() puts a told
+        target's end back clean after this)."""
         chance = self.absorb_rate * self.schedule.gather("sqrt_one_minus_alphas_cumprod", t, 2)  # (B, 1)
-        hit = (torch.rand(input_ids.shape, device=input_ids.device) < chance) & (input_mask == 1)
-        if self.clean_target_end:
-            hit = hit & ~target_end(input_ids, input_mask)
+        hit = (torch.rand(input_mask.shape, device=input_mask.device) < chance) & (input_mask == 1)
         return torch.where(hit[..., None], self.absorbing.to(z_t.dtype), z_t)
 
     def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -118,9 +121,7 @@ class DiffusionObjective(nn.Module):
 
     def loss_terms(self, input_ids: torch.Tensor, input_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         s = self.schedule
-        emb, z_0, z_t = self.noised(input_ids, input_mask, t)
-        if self.absorb_rate > 0:
-            z_t = self.absorbed(z_t, input_ids, input_mask, t)
+        emb, z_0, z_t = self.noised(input_ids, input_mask, t, absorb=True)
         model_t = s.model_timesteps(t, self.rescale_timesteps)
         valid = None if self.within_width is None else self.within_width(input_mask)
         width = {} if valid is None else {"within_width": valid}

@@ -105,15 +105,17 @@ def tiny_denoiser(**kw):
 
 
 class Recorder:
-    """Wraps a denoiser and records the `previous_z_0` of every call and what the call returned."""
+    """Wraps a denoiser and records the `previous_z_0` of every call and what the call returned,
+    and in `z_t` the state each call was handed."""
 
     def __init__(self, denoiser):
-        self.denoiser, self.calls = denoiser, []
+        self.denoiser, self.calls, self.z_t = denoiser, [], []
         self.original = denoiser.forward
 
         def forward(z_t, t, previous_z_0=None, **kw):
             out = self.original(z_t, t, previous_z_0, **kw)
             self.calls.append((None if previous_z_0 is None else previous_z_0.clone(), out.detach().clone()))
+            self.z_t.append(z_t.detach().clone())
             return out
         denoiser.forward = forward
 

@@ -56,16 +56,10 @@ def test_loss_terms_split_the_mse_into_source_and_target_positions():
 
 
 def z_t_seen(objective, ids, mask, t):
-    """The z_t the denoiser is handed in one training forward."""
-    seen, original = [], objective.denoiser.forward
-
-    def forward(z_t, *args, **kw):
-        seen.append(z_t.detach().clone())
-        return original(z_t, *args, **kw)
-    objective.denoiser.forward = forward
+    """The z_t the denoiser is handed in one training forward, and the loss terms."""
+    recorder = Recorder(objective.denoiser)
     terms = objective(ids, mask, t)
-    objective.denoiser.forward = original
-    return seen[0], terms
+    return recorder.z_t[0], terms
 
 
 def test_absorb_rate_puts_one_learned_vector_at_target_positions_the_more_often_the_noisier_t():
