@@ -98,7 +98,9 @@ def test_score_command_prints_the_protocol_metrics(finished_runs, tmp_path):
 
 def test_a_training_job_killed_mid_write_leaves_no_completion_marker(tmp_path):
     root = tmp_path / "runs"
-    slow = ["--set", "train.steps=400", "--set", "train.save_every=20", "--set", "train.log_every=5"]
+    # long enough to be killed mid-training (a checkpoint every 20 steps, so maybe mid-write), short
+    # enough that the resumed run has few checkpoints to sample and score: each is a task of its own
+    slow = ["--set", "train.steps=120", "--set", "train.save_every=20", "--set", "train.log_every=5"]
     pipeline("submit", "jobs/demo_target.yaml", *SMALL, *slow, root=root)  # the detached local loop
     run = RunLayout(root, "demo-target")
     deadline = time.monotonic() + 240
