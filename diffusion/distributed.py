@@ -68,6 +68,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` holds on any rank: a collective where there are several, so that all of them
+    take the same branch."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    held = torch.tensor(int(flag), device=device)
+    dist.all_reduce(held, op=dist.ReduceOp.MAX)
+    return bool(held.item())
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -46,12 +46,14 @@ class LossAwareSampler(UniformSampler):
         self.counts = torch.zeros(num_steps, dtype=torch.long, device=self.device)
 
     def probabilities(self) -> torch.Tensor:
-        """(T,) sampling probabilities; uniform until every timestep has a full history."""
+        """(T,) sampling probabilities; uniform until every timestep has a full history, and while
+        a loss in it is not finite (a diverged step: multinomial would stop the trainer with a
+        device-side assert before its log line could say why)."""
         weights = self.losses.pow(2).mean(dim=-1).sqrt()
         weights = weights / weights.sum().clamp_min(1e-300)
         weights = weights * (1 - self.uniform_prob) + self.uniform_prob / self.num_steps
-        warmed_up = (self.counts >= self.history).all()
-        return torch.where(warmed_up, weights, torch.full_like(weights, 1.0 / self.num_steps))
+        usable = (self.counts >= self.history).all() & torch.isfinite(weights).all()
+        return torch.where(usable, weights, torch.full_like(weights, 1.0 / self.num_steps))
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.probabilities()

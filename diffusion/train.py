@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -87,6 +88,15 @@ def learning_rate_factor(cfg: Config):
     if warmup == 0:
         return decay
     return lambda step: min(1.0, (step + 1) / warmup) * decay(step)
+
+
+class Diverged(RuntimeError):
+    """The loss is no longer finite: every step from here on is wasted, and a checkpoint of the
+    weights would decode nothing."""
+
+    def __init__(self, what: str, last_saved: int):
+        saved = f"the last checkpoint is step {last_saved}'s" if last_saved else "no checkpoint was saved"
+        super().__init__(f"training diverged: {what}; {saved} (a lower train.lr or train.grad_clip may keep it finite)")
 
 
 class StopRequest:
@@ -274,6 +284,7 @@ def _train(cfg: Config, outdir: Path, data_dir: str | Path | None, stop_after: i
     take_step = stepper(run, batches, window, cfg, env)
     stop = StopRequest(enabled=env.world_size == 1)
     window_start, window_steps, slowest_step, first_step = time.monotonic(), 0, 0.0, step
+    last_saved = step
     stopped_for_time = False
     run.engine.train()
     while step < last_step:
@@ -289,6 +300,7 @@ def _train(cfg: Config, outdir: Path, data_dir: str | Path | None, stop_after: i
             record = log_record(window, step, run, cfg, env, time.monotonic() - window_start, window_steps)
             if env.is_main:
                 write_log(outdir, record)
+            stop_if_diverged(record["loss"], step - window_steps + 1, step, last_saved, env)
             window.reset()
             window_start, window_steps = time.monotonic(), 0
 
@@ -297,13 +309,23 @@ def _train(cfg: Config, outdir: Path, data_dir: str | Path | None, stop_after: i
             remaining = tc.time_limit_s - (time.monotonic() - wall_start)
             stopped_for_time = remaining < 3 * slowest_step + 60
         if step in scheduled or step == last_step or stopped_for_time or stop.signal:
+            if window_steps:  # steps since the last log line, not checked yet (a host sync, as the line's)
+                stop_if_diverged(window.means()[0]["loss"], step - window_steps + 1, step, last_saved, env)
             save_checkpoint(run, batches, cfg, data_dir, ckpt_root, step, env, target_lengths)
+            last_saved = step
         if stopped_for_time or stop.signal:
             break
 
     distributed.barrier()
     return {"step": step, "finished": step >= tc.steps, "stopped_for_time": stopped_for_time, "stopped_by_signal": stop.signal,
             "checkpoints": str(ckpt_root), "rank": env.rank, "parameters_sha256": parameters_digest(run.engine.module)}
+
+
+def stop_if_diverged(loss: float, first: int, last: int, last_saved: int, env) -> None:
+    """Diverged where the mean loss of steps first..last is not finite on any rank (a collective:
+    every rank stops at the same step)."""
+    if distributed.any_rank(not math.isfinite(loss), env.device):
+        raise Diverged(f"the loss of steps {first}-{last} is {loss}", last_saved)
 
 
 def parameters_digest(module: torch.nn.Module) -> str | None:
@@ -363,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err.path.parent} is being trained by {locks.describe(err.holder)} ({err.path}); "
               "a second trainer would overwrite its checkpoints", file=sys.stderr)
         return TRAINER_BUSY
-    except (ConfigError, checkpoint.CheckpointError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, checkpoint.CheckpointError, Diverged, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a full or read-only disk: one line, which the pipeline shows as the reason

@@ -199,6 +199,13 @@ def shared_data(layout: RunLayout):
     return locks.exclusive(target.with_name(target.name + ".lock"), what=f"preprocess of {layout.run_id}", wait=True)
 
 
+# the signals that stop a sound trainer (Ctrl-C, a cancel, a time limit, a preemption, the kernel's
+# OOM killer): running the task again resumes it. Any other (SIGSEGV, SIGABRT, SIGBUS: a device-side
+# assert ends so) is a crash.
+STOPPING_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGKILL, signal.SIGTERM, signal.SIGUSR1,
+                              signal.SIGUSR2, signal.SIGXCPU})
+
+
 def train(layout: RunLayout, spec: JobSpec, task, log) -> dict:
     """Start the trainer: one process, or one rank per GPU (or per `ranks` on CPU) on this node."""
     from .plan import checkpoint_complete
@@ -225,9 +232,13 @@ def train(layout: RunLayout, spec: JobSpec, task, log) -> dict:
                                                        env=env))
     if returncode == manifest.TRAINER_BUSY:
         raise Carried(f"trained by another trainer ({layout.train_lock}: {locks.describe(locks.holder(layout.train_lock))})")
-    if returncode < 0 or returncode in (128 + 2, 128 + 9, 128 + 15):  # stopped or killed by a signal
-        raise Interrupted(f"training was stopped by a signal (exit {returncode}); running this task again "
-                          "resumes it from its last checkpoint")
+    # the signal that ended it: -N from Popen, 128 + N where the trainer (StopRequest) or a shell exits so
+    sig = -returncode if returncode < 0 else returncode - 128 if returncode - 128 in STOPPING_SIGNALS else 0
+    if sig in STOPPING_SIGNALS:
+        raise Interrupted(f"training was stopped by {signal.Signals(sig).name} (exit {returncode}); running this task "
+                          "again resumes it from its last checkpoint")
+    if sig:  # a crash, which the same checkpoint would most likely meet again: no retry of its own
+        raise StageError(f"training crashed ({signal.Signals(sig).name}, exit {returncode}); see {layout.log('train')}")
     if returncode != 0:  # with the trainer's own one-line reason, where it gave one
         with open(layout.log("train"), errors="replace") as written:
             written.seek(said_from)

@@ -56,6 +56,17 @@ def test_lossaware_is_uniform_until_warm_and_weights_are_importance_weights():
     torch.testing.assert_close(w, (1 / (50 * p[t])).float())
 
 
+def test_a_non_finite_loss_leaves_the_sampler_uniform_and_able_to_sample():
+    # a diverged step records nan or inf; the trainer's next log line says so, if sampling survives
+    for bad in (float("nan"), float("inf")):
+        s = LossAwareSampler(50)
+        s.update(torch.arange(50).repeat(10), torch.linspace(0.1, 5.0, 50).repeat(10))
+        s.update(torch.tensor([3]), torch.tensor([bad]))
+        torch.testing.assert_close(s.probabilities(), torch.full((50,), 1 / 50, dtype=torch.float64))
+        t, w = s.sample(100)
+        assert ((0 <= t) & (t < 50)).all() and (w == 1).all()
+
+
 def test_state_round_trip():
     s = LossAwareSampler(5)
     s.update(torch.tensor([0, 1, 1, 4]), torch.tensor([1.0, 2.0, 3.0, 4.0]))

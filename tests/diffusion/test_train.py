@@ -93,6 +93,17 @@ def test_the_trainer_leaves_exactly_the_planned_checkpoints_and_a_heartbeat(tmp_
     assert json.loads((tmp_path / "run" / manifest.HEARTBEAT).read_text())["step"] == 5
 
 
+def test_a_save_between_log_lines_checks_the_loss_first_and_keeps_only_finite_checkpoints(tmp_path, corpus):
+    # lr 1e30: the loss is nan from step 2; a checkpoint every step, a log line every 10
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(corpus["train"], steps=10, save_every=1, log_every=10, lr=1e30))
+    proc = subprocess.run([sys.executable, "-m", "diffusion.train", cfg, tmp_path / "run"], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"}, cwd=REPO, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == ("error: training diverged: the loss of steps 1-2 is nan; the last "
+                                                    "checkpoint is step 1's (a lower train.lr or train.grad_clip may keep it finite)")
+    assert [step for step, _ in checkpoint.complete_steps(tmp_path / "run" / "checkpoints")] == [1]
+
+
 def test_corrupt_checkpoint_is_named(tmp_path, corpus):
     cfg = write_config(tmp_path / "c.yaml", tiny_config(corpus["train"], steps=3, save_every=3))
     run_module("diffusion.train", cfg, tmp_path / "run")

@@ -4,6 +4,7 @@ count, full and read-only disks said in one line, runs found where submit put th
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -175,6 +176,35 @@ def test_a_task_that_finishes_after_cancel_is_not_marked_done(tmp_path):
     layout.undo("preprocess")
     assert run_task(str(layout.dir), "preprocess") == "cancelled before it was marked done"
     assert not layout.is_done("preprocess")
+
+
+# --- training that cannot go on ---
+
+@integration
+def test_a_crashed_trainer_fails_its_task_at_once_and_is_not_started_again(tmp_path):
+    root = tmp_path / "runs"
+    pipeline("submit", "jobs/demo_target.yaml", *SMALL, *SLOW, root=root)
+    run = RunLayout(root, "demo-target")
+    wait_until(lambda: list(run.checkpoints.glob("step_*")), 240, "a checkpoint")
+    (trainer,) = wait_until(lambda: trainers_of(run.dir), 60, "the trainer")
+    trainer.send_signal(signal.SIGSEGV)  # how a device-side assert ends: it would meet the same one again
+    wait_until(lambda: not processes_of(run.dir), 120, "the run's processes to end")
+    assert status(root, "demo-target")["state"] == "failed"
+    failure = run.failure("train")
+    assert "training crashed (SIGSEGV" in failure["error"] and not failure["retryable"]
+    assert run.log("train").read_text().count("] train started") == 1
+
+
+@integration
+def test_a_diverging_run_fails_saying_so_and_saves_no_checkpoint_of_the_nan_weights(tmp_path):
+    root = tmp_path / "runs"
+    # a learning rate of 1e30 makes the loss nan from the second step
+    pipeline("submit", "jobs/demo_target.yaml", *SMALL, "--set", "train.lr=1e30", "--wait", root=root, check=False)
+    run = RunLayout(root, "demo-target")
+    failure = run.failure("train")
+    assert "training diverged: the loss of steps" in failure["error"] and "no checkpoint was saved" in failure["error"]
+    assert not failure["retryable"] and not list(run.checkpoints.glob("step_*"))
+    assert "Traceback" not in pipeline("status", "demo-target", root=root, check=False).stdout
 
 
 # --- outputs checked before they count ---
