@@ -250,6 +250,10 @@ class SampleConfig:
     # predicted (a length beam across MBR's candidates; at least 1 token, at most the target part's room)
     length_offsets: tuple[int, ...] = (0,)
     seeds: tuple[int, ...] = (101,)  # one candidate per seed; MBR picks among them when > 1
+    # the denoiser is told a timestep at least this share of the way to the last one, while the
+    # solver moves z by the true one: told the noise is larger than it is, the denoiser leans on
+    # the source more (Dinoiser's condition-enhanced denoiser tells it the largest, 1.0). 0: DiffuSeq
+    time_floor: float = 0.0
     batch_size: int = 64
     full_mode: Literal["conditional", "joint"] = "conditional"  # how a full-noising model samples
     max_examples: int | None = None
@@ -277,6 +281,7 @@ class SampleConfig:
         at_least(self, "batch_size", 1)
         at_least(self, "pad_penalty", 0)
         at_least(self, "min_target_tokens", 0)
+        require(0 <= self.time_floor <= 1, "time_floor", f"must be in [0, 1], got {self.time_floor}")
         require(self.soft_temperature > 0, "soft_temperature", f"must be positive, got {self.soft_temperature}")
         require(self.use_ema, "use_ema", "false is not supported: a checkpoint exports only its EMA weights for sampling "
                 "(the raw ones stay in the DeepSpeed state)")

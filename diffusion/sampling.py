@@ -207,7 +207,7 @@ class ReverseStep:
         z = self.noising.before_step(self.schedule, state.z, self.embedding, t, self.input_mask, randn_like)
         if self.on_step is not None:
             self.on_step(step, z)
-        timesteps = self.schedule.model_timesteps(t, self.cfg.diffusion.rescale_timesteps)
+        timesteps = self.schedule.model_timesteps(t, self.cfg.diffusion.rescale_timesteps, self.cfg.sample.time_floor)
         predicted_z_0 = self.denoiser(z, timesteps, state.previous_z_0, **self.width).float()
         previous_z_0 = None if state.previous_z_0 is None else predicted_z_0
         if self.rounds(step):

@@ -106,9 +106,12 @@ class Schedule:
         """The coefficient `name` at steps t (B,), float32, shaped (B, 1, ..., 1) to broadcast over ndim dims."""
         return self._table(name, t.device)[t].view(-1, *([1] * (ndim - 1)))
 
-    def model_timesteps(self, t: torch.Tensor, rescale: bool = True) -> torch.Tensor:
-        """What the denoiser is told: the original timestep, scaled to [0, 1000) as DiffuSeq does."""
+    def model_timesteps(self, t: torch.Tensor, rescale: bool = True, floor: float = 0.0) -> torch.Tensor:
+        """What the denoiser is told: the original timestep, scaled to [0, 1000) as DiffuSeq does;
+        at least `floor` of the way to the last original timestep (sample.time_floor)."""
         original = self._table("timestep_map", t.device)[t]
+        if floor > 0:
+            original = original.clamp(min=round(floor * (self.original_steps - 1)))
         return original.float() * (1000.0 / self.original_steps) if rescale else original
 
     def q_sample(self, z_0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -123,3 +123,34 @@ def test_the_solvers_are_the_configs_names_and_an_unknown_one_is_refused():
     assert list(SOLVERS) == ["ddpm", "ddim", "dpm++2m"]
     with pytest.raises(ConfigError, match="sample.solver: must be one of 'ddpm', 'ddim', 'dpm\\+\\+2m', got 'euler'"):
         decoding(solver="euler")
+
+
+def told_timesteps(denoiser, batch, monkeypatch, **keys):
+    """The timesteps the denoiser is told at each step of a 10-step DPM-Solver++ decode."""
+    told = []
+    forward = type(denoiser).forward
+    monkeypatch.setattr(denoiser, "forward", lambda z, t, *a, **k: (told.append(t.clone()), forward(denoiser, z, t, *a, **k))[1])
+    ids, mask = batch
+    tokens = sample_tokens(denoiser, Schedule.named("sqrt", T).respaced(10), ids, mask,
+                           decoding(solver="dpm++2m", **keys), generator=torch.Generator().manual_seed(1))
+    return torch.stack(told)[:, 0].tolist(), tokens
+
+
+def test_a_time_floor_tells_the_denoiser_at_least_that_timestep_and_none_changes_nothing(batch, denoiser, monkeypatch):
+    schedule = Schedule.named("sqrt", T).respaced(10)
+    true = schedule.model_timesteps(torch.arange(9, -1, -1)).tolist()  # the steps in the order they run
+    plain, plain_tokens = told_timesteps(denoiser, batch, monkeypatch)
+    assert plain == true
+    half, _ = told_timesteps(denoiser, batch, monkeypatch, time_floor=0.5)
+    assert half == [max(t, round(0.5 * (T - 1)) * 1000 / T) for t in true] and half != true
+    # Dinoiser's condition-enhanced denoiser: told the largest timestep throughout, so it decodes
+    # something else from the same noise
+    largest, largest_tokens = told_timesteps(denoiser, batch, monkeypatch, time_floor=1.0)
+    assert largest == [(T - 1) * 1000 / T] * 10
+    assert not torch.equal(largest_tokens, plain_tokens)
+
+
+@pytest.mark.parametrize("floor", [-0.1, 1.5])
+def test_a_time_floor_outside_zero_to_one_is_refused(floor):
+    with pytest.raises(ConfigError, match=f"sample.time_floor: must be in \\[0, 1\\], got {floor}"):
+        decoding(time_floor=floor)
