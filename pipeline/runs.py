@@ -53,13 +53,20 @@ def write_inputs(spec, root: Path, executor: str, data_from: Path | None = None)
     layout = RunLayout(root, spec.name)
     frozen = freeze(spec)
     layout.dir.mkdir(parents=True, exist_ok=True)
+    added = []
     with run_lock(layout):  # two submits of one run at once: the second sees the first's inputs and jobs
         if layout.spec.is_file():
             if layout.spec.read_text() != frozen:
-                raise UserError(f"run {spec.name!r} already exists at {layout.dir} with a different spec; "
-                                "give the new one another name (--set name=...) or remove the old folder")
-            console.print(f"run [bold]{spec.name}[/] exists with the same spec: finished tasks are skipped, "
-                          "queued ones are not submitted again")
+                added = added_decodings(layout, spec)
+                if not added:
+                    raise UserError(f"run {spec.name!r} already exists at {layout.dir} with a different spec; "
+                                    "give the new one another name (--set name=...) or remove the old folder "
+                                    "(a spec that only adds decodings is taken)")
+                console.print(f"run [bold]{spec.name}[/] exists and gains the decodings {', '.join(added)}: "
+                              "finished tasks are skipped, its results gathered again")
+            else:
+                console.print(f"run [bold]{spec.name}[/] exists with the same spec: finished tasks are skipped, "
+                              "queued ones are not submitted again")
         registry = Registry(layout)
         if registry.executor and registry.executor != executor:
             raise UserError(f"run {spec.name!r} was submitted with the {registry.executor} executor; "
@@ -68,6 +75,8 @@ def write_inputs(spec, root: Path, executor: str, data_from: Path | None = None)
             data_from.mkdir(parents=True, exist_ok=True)
             layout.data.symlink_to(os.path.relpath(data_from, layout.dir), target_is_directory=True)
         write_run_inputs(layout, spec, frozen)
+        if added:  # after the new spec is written: an aggregate starting now waits for the new evaluations
+            gather_again(layout)
         layout.cancel_flag.unlink(missing_ok=True)
     from .run_index import remember
 
@@ -75,6 +84,40 @@ def write_inputs(spec, root: Path, executor: str, data_from: Path | None = None)
     if problem:
         err_console.print(f"warning: {problem}; the other commands find this run with --root {layout.root}", highlight=False)
     return layout
+
+
+def added_decodings(layout: RunLayout, spec) -> list[str]:
+    """The decodings `spec` adds to the run's frozen spec, where it differs from it in nothing
+    else (each decoding it had kept as it was): decoding a trained run another way needs no new
+    run. Empty where anything else differs."""
+    from dataclasses import replace
+
+    old = load_frozen(layout.spec)
+    have = [d.name for d in old.decodings]
+    new = [d.name for d in spec.decodings]
+    if not set(have) <= set(new) or freeze(replace(spec, decodings=tuple(map(spec.decoding, have)))) != freeze(old):
+        return []
+    return [name for name in new if name not in have]
+
+
+def gather_again(layout: RunLayout) -> None:
+    """Forget the run's aggregate (done or queued), under the run's lock: its table lacks the added
+    decodings, and a queued aggregate job, no longer its task's, leaves it to the one submitted
+    after the new evaluations. An aggregate running now is waited for, so it cannot mark itself
+    done afterwards."""
+    from diffusion import locks
+
+    from .jobs import Registry, clear_attempts
+    from .layout import task_name
+
+    name = task_name("aggregate")
+    with locks.exclusive(layout.task_lock(name), what=f"{name}, resubmitted with added decodings", wait=True):
+        registry = Registry(layout)
+        layout.marker("aggregate", kind="failed").unlink(missing_ok=True)
+        layout.undo("aggregate")
+        clear_attempts(layout, name)
+        registry.forget(name)
+        registry.save()
 
 
 def start(layout: RunLayout, executor: str, wait: bool) -> int:

@@ -392,8 +392,13 @@ def default_label(spec: JobSpec) -> str:
 
 
 def aggregate(layout: RunLayout, spec: JobSpec, task, log) -> dict:
+    from .plan import prerequisites
     from .results import aggregate as write_results
 
+    # an aggregate job queued before the run gained decodings may start before their evaluations
+    waiting = [t.name for t in prerequisites(task, spec) if not layout.is_done(**t.key)]
+    if waiting:
+        raise Carried(f"waiting for {', '.join(waiting)}")
     paths = write_results([layout.dir], layout.results)
     return {name: str(path) for name, path in paths.items()}
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,6 +72,37 @@ def test_resubmitting_a_finished_run_skips_everything(finished_runs):
 def test_resubmitting_with_another_spec_is_refused(finished_runs):
     proc = pipeline("submit", "jobs/demo_target.yaml", *SMALL, "--set", "train.lr=0.5", root=finished_runs, check=False)
     assert proc.returncode == 2 and "different spec" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resubmitting_with_an_added_decoding_decodes_it_without_training_again(finished_runs, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(finished_runs, root, symlinks=True)  # the module's runs stay as they were
+    run = RunLayout(root, "demo-target")
+    kept = {path: path.read_bytes() for path in (run.marker("train"), run.samples_file(40), run.metrics(40))}
+    proc = pipeline("submit", "jobs/demo_target.yaml", *SMALL, "--set", "decodings={dpm-5: {sample.steps: 5}}",
+                    "--wait", root=root)
+    assert "gains the decodings dpm-5" in proc.stdout
+    assert all(path.read_bytes() == before for path, before in kept.items())  # nothing trained or decoded again
+    assert status(root, "demo-target")["state"] == "done"
+    rows = json.loads((run.results / "table.json").read_text())
+    assert {row["decoded_with"] for row in rows if row["decoding"] != "copy"} == {"", "dpm-5"}
+    # a decoding it has, changed, is another spec
+    proc = pipeline("submit", "jobs/demo_target.yaml", *SMALL, "--set", "decodings={dpm-5: {sample.steps: 6}}",
+                    root=root, check=False)
+    assert proc.returncode == 2 and "different spec" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_aggregate_started_before_its_evaluations_are_done_leaves_the_run_alone(finished_runs, tmp_path):
+    # as an aggregate job queued before the run gained a decoding would, started by the scheduler early
+    from pipeline.stages import run_task
+
+    root = tmp_path / "runs"
+    shutil.copytree(finished_runs, root, symlinks=True)
+    run = RunLayout(root, "demo-target")
+    run.undo("evaluate", 40)
+    run.undo("aggregate")
+    assert "waiting for evaluate-0000040" in run_task(str(run.dir), "aggregate")
+    assert not run.is_done("aggregate") and run.failure("aggregate") is None
 
 
 def test_combined_results_table_for_both_modes(finished_runs, tmp_path):
