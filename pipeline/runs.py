@@ -5,6 +5,7 @@ and prints tables; these act on the run folder and the scheduler.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -54,7 +55,8 @@ def write_inputs(spec, root: Path, executor: str, data_from: Path | None = None)
     frozen = freeze(spec)
     layout.dir.mkdir(parents=True, exist_ok=True)
     added = []
-    with run_lock(layout):  # two submits of one run at once: the second sees the first's inputs and jobs
+    # two submits of one run at once: the second sees the first's inputs and jobs
+    with run_lock(layout), contextlib.ExitStack() as held:
         if layout.spec.is_file():
             if layout.spec.read_text() != frozen:
                 added = added_decodings(layout, spec)
@@ -62,6 +64,7 @@ def write_inputs(spec, root: Path, executor: str, data_from: Path | None = None)
                     raise UserError(f"run {spec.name!r} already exists at {layout.dir} with a different spec; "
                                     "give the new one another name (--set name=...) or remove the old folder "
                                     "(a spec that only adds decodings is taken)")
+                held.enter_context(aggregate_held(layout))
                 console.print(f"run [bold]{spec.name}[/] exists and gains the decodings {', '.join(added)}: "
                               "finished tasks are skipped, its results gathered again")
             else:
@@ -75,7 +78,7 @@ def write_inputs(spec, root: Path, executor: str, data_from: Path | None = None)
             data_from.mkdir(parents=True, exist_ok=True)
             layout.data.symlink_to(os.path.relpath(data_from, layout.dir), target_is_directory=True)
         write_run_inputs(layout, spec, frozen)
-        if added:  # after the new spec is written: an aggregate starting now waits for the new evaluations
+        if added:
             gather_again(layout)
         layout.cancel_flag.unlink(missing_ok=True)
     from .run_index import remember
@@ -100,24 +103,36 @@ def added_decodings(layout: RunLayout, spec) -> list[str]:
     return [name for name in new if name not in have]
 
 
-def gather_again(layout: RunLayout) -> None:
-    """Forget the run's aggregate (done or queued), under the run's lock: its table lacks the added
-    decodings, and a queued aggregate job, no longer its task's, leaves it to the one submitted
-    after the new evaluations. An aggregate running now is waited for, so it cannot mark itself
-    done afterwards."""
+@contextlib.contextmanager
+def aggregate_held(layout: RunLayout):
+    """The run's aggregate task lock, while its spec gains decodings: no aggregate starts meanwhile
+    (one that does leaves the task alone), and one running now, which will want the run's lock to
+    mark itself done, is not waited for under that lock but refused."""
     from diffusion import locks
 
+    from .layout import task_name
+
+    name = task_name("aggregate")
+    try:
+        with locks.exclusive(layout.task_lock(name), what=f"{name}: its run gains decodings"):
+            yield
+    except locks.LockHeld:
+        raise UserError(f"run {layout.run_id!r} is gathering its results right now; submit again in a moment") from None
+
+
+def gather_again(layout: RunLayout) -> None:
+    """Forget the run's aggregate, done or queued (its table lacks the added decodings): a queued
+    aggregate job, no longer its task's, leaves it to the one submitted after the new evaluations."""
     from .jobs import Registry, clear_attempts
     from .layout import task_name
 
     name = task_name("aggregate")
-    with locks.exclusive(layout.task_lock(name), what=f"{name}, resubmitted with added decodings", wait=True):
-        registry = Registry(layout)
-        layout.marker("aggregate", kind="failed").unlink(missing_ok=True)
-        layout.undo("aggregate")
-        clear_attempts(layout, name)
-        registry.forget(name)
-        registry.save()
+    registry = Registry(layout)
+    layout.marker("aggregate", kind="failed").unlink(missing_ok=True)
+    layout.undo("aggregate")
+    clear_attempts(layout, name)
+    registry.forget(name)
+    registry.save()
 
 
 def start(layout: RunLayout, executor: str, wait: bool) -> int:

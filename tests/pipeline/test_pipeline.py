@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from diffusion import locks
 from pipeline.layout import LayoutError, RunLayout
 from tests.helpers import REPO, integration
 
@@ -79,8 +80,13 @@ def test_resubmitting_with_an_added_decoding_decodes_it_without_training_again(f
     shutil.copytree(finished_runs, root, symlinks=True)  # the module's runs stay as they were
     run = RunLayout(root, "demo-target")
     kept = {path: path.read_bytes() for path in (run.marker("train"), run.samples_file(40), run.metrics(40))}
-    proc = pipeline("submit", "jobs/demo_target.yaml", *SMALL, "--set", "decodings={dpm-5: {sample.steps: 5}}",
-                    "--wait", root=root)
+    added = ["--set", "decodings={dpm-5: {sample.steps: 5}}"]
+    # while an aggregate runs (it will want the run's lock to mark itself done) it is not waited for
+    with locks.exclusive(run.task_lock("aggregate")):
+        proc = pipeline("submit", "jobs/demo_target.yaml", *SMALL, *added, root=root, check=False)
+    assert proc.returncode == 2 and "gathering its results right now" in proc.stderr
+    assert "dpm-5" not in run.spec.read_text()
+    proc = pipeline("submit", "jobs/demo_target.yaml", *SMALL, *added, "--wait", root=root)
     assert "gains the decodings dpm-5" in proc.stdout
     assert all(path.read_bytes() == before for path, before in kept.items())  # nothing trained or decoded again
     assert status(root, "demo-target")["state"] == "done"
