@@ -123,16 +123,23 @@ def aggregate_held(layout: RunLayout):
 def gather_again(layout: RunLayout) -> None:
     """Forget the run's aggregate, done or queued (its table lacks the added decodings): a queued
     aggregate job, no longer its task's, leaves it to the one submitted after the new evaluations."""
-    from .jobs import Registry, clear_attempts
-    from .layout import task_name
+    from .jobs import Registry
+    from .plan import Task
 
-    name = task_name("aggregate")
     registry = Registry(layout)
-    layout.marker("aggregate", kind="failed").unlink(missing_ok=True)
-    layout.undo("aggregate")
-    clear_attempts(layout, name)
-    registry.forget(name)
+    forget_task(layout, registry, Task("aggregate"))
     registry.save()
+
+
+def forget_task(layout: RunLayout, registry, task) -> None:
+    """Forget that a task ran (its done and failed markers, its attempts, its current job in
+    `registry`, saved by the caller): the next pass submits it afresh."""
+    from .jobs import clear_attempts
+
+    layout.marker(**task.key, kind="failed").unlink(missing_ok=True)
+    layout.undo(**task.key)
+    clear_attempts(layout, task.name)
+    registry.forget(task.name)
 
 
 def start(layout: RunLayout, executor: str, wait: bool) -> int:
@@ -283,7 +290,7 @@ def retry(layout: RunLayout, wait: bool) -> int:
 def forget_failed(layout: RunLayout, st: dict | None = None) -> list[str]:
     """Forget the run's failed tasks (and, for damaged outputs, every task that reads them) and its
     cancel flag, so that the next pass submits them again; the tasks' names."""
-    from .jobs import Registry, clear_attempts, run_lock
+    from .jobs import Registry, run_lock
     from .plan import Task, dependents
     from .status import run_status
 
@@ -303,10 +310,7 @@ def forget_failed(layout: RunLayout, st: dict | None = None) -> list[str]:
                 if (layout.failure(**again[0].key) or {}).get("damaged"):
                     again += dependents(again[0], spec)
                 for redo in again:
-                    layout.marker(**redo.key, kind="failed").unlink(missing_ok=True)
-                    layout.undo(**redo.key)
-                    clear_attempts(layout, redo.name)
-                    registry.forget(redo.name)
+                    forget_task(layout, registry, redo)
                     retried.append(redo.name)
         registry.save()
         layout.cancel_flag.unlink(missing_ok=True)
